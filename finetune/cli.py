@@ -1,0 +1,195 @@
+"""The `finetune` command: parses arguments and dispatches; the work happens in pipeline.py and friends.
+
+Heavy libraries (torch, transformers) are imported inside the commands that need them, so
+`finetune validate` and `finetune recipe --schema` answer in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import EXIT_USER_ERROR, FinetuneError
+
+EXAMPLES = {
+    "train": """examples:
+  finetune train recipes/glue/sst2-minilm.yaml
+  finetune train recipes/glue/rte-minilm.yaml train.epochs=1 train.lr=3e-5 data.max_train_samples=500
+  finetune train recipes/glue/sst2-minilm.yaml output_dir=runs/sst2 --resume""",
+    "eval": """examples:
+  finetune eval runs/sst2-minilm/20261122-160000
+  finetune eval runs/sst2-minilm/20261122-160000/checkpoints/step-500 --split validation""",
+    "validate": """examples:
+  finetune validate recipes/glue/*.yaml
+  finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
+    "inspect": """examples:
+  finetune inspect recipes/glue/mrpc-minilm.yaml -n 3
+  finetune inspect recipes/glue/cola-minilm.yaml --split validation""",
+    "predict": """examples:
+  finetune predict runs/sst2-minilm/20261122-160000 --input reviews.jsonl --output predictions.jsonl""",
+    "recipe": """examples:
+  finetune recipe --schema > docs/recipe.md""",
+}
+
+
+@dataclass
+class CliResult:
+    """What a command produced, for callers (tests) that run the CLI in-process."""
+
+    exit_code: int
+    metrics: dict[str, Any] | None = None
+    run_dir: Path | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune pretrained checkpoints from YAML recipes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    train = command("train", "Train a model from a recipe; key.path=value arguments override the recipe.")
+    train.add_argument("recipe", type=Path)
+    train.add_argument("overrides", nargs="*", metavar="key.path=value")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty run folder")
+
+    evaluate = command("eval", "Evaluate a run folder or checkpoint on its recipe's evaluation split.")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--split", help="split to evaluate instead of data.eval_split")
+
+    validate = command("validate", "Check recipes, their data and model configs without loading weights.")
+    validate.add_argument("recipes", nargs="+", type=Path)
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.path=value")
+
+    inspect = command("inspect", "Print formatted examples as the model sees them: tokens, layout, label.")
+    inspect.add_argument("recipe", type=Path)
+    inspect.add_argument("overrides", nargs="*", metavar="key.path=value")
+    inspect.add_argument("-n", type=int, default=5, help="number of examples (default 5)")
+    inspect.add_argument("--split", choices=["train", "eval"], default="train")
+
+    predict = command("predict", "Predict labels (with probabilities) or scores for a jsonl, json, csv or tsv file.")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("--input", required=True, type=Path)
+    predict.add_argument("--output", type=Path, help="write predictions here as jsonl (default: print them)")
+
+    recipe = command("recipe", "Print the recipe reference generated from the schema.")
+    recipe.add_argument("--schema", action="store_true", required=True)
+    return parser
+
+
+def run(argv: list[str]) -> CliResult:
+    """Run one command; user errors are printed one per line to stderr with exit code 2."""
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        return COMMANDS[args.command](args)
+    except FinetuneError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return CliResult(EXIT_USER_ERROR)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]).exit_code)
+
+
+def _train(args: argparse.Namespace) -> CliResult:
+    from finetune.pipeline import train
+    from finetune.recipe import load_recipe
+
+    result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
+    print(_metrics_line(result.metrics))
+    print(f"run folder: {result.run_dir}")
+    return CliResult(0, result.metrics, result.run_dir)
+
+
+def _eval(args: argparse.Namespace) -> CliResult:
+    from finetune.pipeline import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.split)
+    print(_metrics_line(metrics))
+    return CliResult(0, metrics, args.run_dir)
+
+
+def _validate(args: argparse.Namespace) -> CliResult:
+    from finetune.recipe import load_recipe
+    from finetune.validate import check
+
+    failed = False
+    for path in args.recipes:
+        try:
+            report = check(load_recipe(path, args.overrides))
+            problems, notes = report.problems, report.notes
+        except FinetuneError as exc:
+            problems, notes = exc.problems, []
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        for note in notes:
+            print(f"{path}: note: {note}")
+        if not problems:
+            print(f"{path}: ok")
+        failed = failed or bool(problems)
+    return CliResult(EXIT_USER_ERROR if failed else 0)
+
+
+def _inspect(args: argparse.Namespace) -> CliResult:
+    from finetune.inspection import render_example
+    from finetune.model import load_tokenizer
+    from finetune.pipeline import prepare_data
+    from finetune.recipe import load_recipe
+    from finetune.validate import check
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    report = check(recipe)
+    report.raise_for_problems()
+    tokenizer = load_tokenizer(recipe.model, report.model)
+    task, tokenized = prepare_data(recipe, tokenizer)
+    split = tokenized[args.split]
+    for index in range(min(args.n, len(split))):
+        print(render_example(index, split[index], tokenizer, task), end="\n\n")
+    return CliResult(0)
+
+
+def _predict(args: argparse.Namespace) -> CliResult:
+    import json
+
+    from finetune.pipeline import predict
+
+    records = predict(args.run_dir, args.input, args.output)
+    if args.output is None:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        print(f"{len(records)} predictions written to {args.output}")
+    return CliResult(0)
+
+
+def _recipe(args: argparse.Namespace) -> CliResult:
+    from finetune.recipe.reference import schema_markdown
+
+    print(schema_markdown(), end="")
+    return CliResult(0)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "validate": _validate, "inspect": _inspect, "predict": _predict,
+            "recipe": _recipe}
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="[finetune] %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("transformers", "datasets", "accelerate", "evaluate", "httpx", "huggingface_hub", "bitsandbytes", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,153 @@
+"""Data: load the recipe's splits through `datasets`, settle the label set, cap, and tokenize (cached)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets.fingerprint import Hasher
+from transformers import PreTrainedTokenizerBase
+
+from finetune import __version__
+from finetune.errors import FinetuneError
+from finetune.labels import infer_labels
+from finetune.recipe.schema import DataSpec, Recipe
+from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
+from finetune.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SPLIT_KEYS = ("train", "eval")
+
+
+def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
+    """Load the named splits (`{"train": "train", "eval": "validation"}`) with their source's column names."""
+    source = resolve_source(spec)
+    if isinstance(source, HubDataset):
+        return _load_hub(source, splits)
+    return _load_local(source, spec, splits)
+
+
+def _load_hub(source: HubDataset, splits: dict[str, str]) -> DatasetDict:
+    try:
+        loaded = {key: load_dataset(source.path, source.name, split=split) for key, split in splits.items()}
+    except Exception as exc:  # datasets raises many types (connection, missing config, missing split)
+        raise FinetuneError(f"data.source: cannot load {source.path} ({source.name}): {str(exc).splitlines()[0]}") from None
+    return DatasetDict(loaded)
+
+
+def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
+    loaded = {}
+    for key, split in splits.items():
+        if split not in source.files:
+            raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
+        fmt = source.format_of(split, spec.format)
+        path = str(source.files[split])
+        if fmt in ("csv", "tsv"):
+            loaded[key] = _load_delimited(source, split, fmt, path)
+        elif fmt in ("json", "jsonl"):
+            loaded[key] = load_dataset("json", data_files={split: path}, split=split, encoding=source.reader.encoding)
+        else:
+            loaded[key] = load_dataset("parquet", data_files={split: path}, split=split)
+        renames = {k: v for k, v in source.rename.items() if k in loaded[key].column_names}
+        loaded[key] = loaded[key].rename_columns(renames)
+    return DatasetDict(loaded)
+
+
+def _load_delimited(source: LocalTables, split: str, fmt: str, path: str) -> Dataset:
+    reader = source.reader
+    first = next(read_rows(LocalTables(source.files, reader, {}, source.origin), split, fmt), None)
+    if first is None:
+        raise FinetuneError(f"data.files.{split}: {path} has no rows")
+    # Every column as text: pandas would otherwise guess types chunk by chunk and turn "NA" into a missing value.
+    features = Features({name: Value("string") for name in first})
+    return load_dataset(
+        "csv",
+        data_files={split: path},
+        split=split,
+        delimiter=source.delimiter(fmt),
+        quoting=csv.QUOTE_NONE if reader.quoting == "none" else csv.QUOTE_MINIMAL,
+        encoding=reader.encoding,
+        header=0 if reader.header else None,
+        names=list(first),
+        keep_default_na=False,
+        na_filter=False,
+        features=features,
+    )
+
+
+def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
+    """The class names: the recipe's, the dataset's ClassLabel names, or the sorted training values."""
+    if recipe.task.type != "classification":
+        return None
+    if recipe.task.labels:
+        return list(recipe.task.labels)
+    feature = train.features.get(recipe.task.label)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    labels = infer_labels(train.unique(recipe.task.label))
+    log.info("task.labels inferred from the train split: %s", labels)
+    return labels
+
+
+def check_columns(raw: DatasetDict, task: Task) -> None:
+    """Every column the task reads is present in every split; else name what is there."""
+    problems = [
+        f"task: no column {column!r} in the {key} split (columns: {', '.join(ds.column_names)})"
+        for key, ds in raw.items()
+        for column in task.columns
+        if column not in ds.column_names
+    ]
+    if problems:
+        raise FinetuneError(*problems)
+
+
+def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
+    """Apply max_train_samples (a seeded random subset) and max_eval_samples (the first rows)."""
+    capped = dict(raw)
+    if spec.max_train_samples and len(raw["train"]) > spec.max_train_samples:
+        capped["train"] = raw["train"].shuffle(seed=seed).select(range(spec.max_train_samples))
+    if spec.max_eval_samples and "eval" in raw and len(raw["eval"]) > spec.max_eval_samples:
+        capped["eval"] = raw["eval"].select(range(spec.max_eval_samples))
+    for key, ds in capped.items():
+        if len(ds) == 0:
+            raise FinetuneError(f"data.{key}_split: the split is empty")
+    return DatasetDict(capped)
+
+
+def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:
+    """Format and tokenize every split with `datasets.map`, cached under a fingerprint of everything that matters."""
+    tokenized = {}
+    for key, ds in raw.items():
+        fingerprint = Hasher.hash(
+            (ds._fingerprint, task.spec.model_dump(), task.labels, max_length, _tokenizer_identity(tokenizer), __version__)
+        )
+        tokenized[key] = ds.map(
+            task.format,
+            batched=True,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+            remove_columns=ds.column_names,
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {key}",
+        )
+    return DatasetDict(tokenized)
+
+
+def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:
+    """What decides a tokenizer's output; hashing the object itself is unstable (its state changes on use)."""
+    return (type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), tokenizer.padding_side,
+            tokenizer.truncation_side, sorted(tokenizer.get_vocab().items()))
+
+
+def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: int = 2) -> None:
+    """Log a few formatted examples decoded back to text, so a broken layout shows up at once."""
+    for index in range(min(count, len(tokenized))):
+        row = tokenized[index]
+        log.info("sample %d: %s | label %s", index, tokenizer.decode(row["input_ids"]), row.get("labels"))
+
+
+def disable_progress_bars_unless(show: bool) -> None:
+    """datasets' progress bars on or off (they are off in quiet runs and tests)."""
+    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()

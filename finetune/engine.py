@@ -1,0 +1,304 @@
+"""The training engine on accelerate: setup -> train -> finish, with one visible loop.
+
+The engine knows nothing about tasks: it gets a model that returns a loss, datasets, a collator and
+an evaluation function. It owns the optimizer, schedule, precision, accumulation, clipping,
+evaluation cadence, early stopping, best-checkpoint selection and resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from finetune.batching import EpochSampler
+from finetune.errors import FinetuneError
+from finetune.metrics import GREATER_IS_BETTER
+from finetune.recipe.schema import TrainSpec
+from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, write_json
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+Evaluate = Callable[[torch.nn.Module, DataLoader], dict[str, float]]
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint, so a resumed run continues exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+def make_accelerator(spec: TrainSpec) -> Accelerator:
+    """An Accelerator for this machine; refuses a precision the hardware lacks."""
+    check_precision(spec.precision)
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec.precision]
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
+
+
+def check_precision(precision: str) -> None:
+    """Is this precision available here? (The recipe itself is valid either way.)"""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise FinetuneError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise FinetuneError("train.precision: this GPU has no bf16; use fp16 or fp32")
+
+
+class Engine:
+    """Runs one training job. Call `setup`, then `train`; `train` returns the final state."""
+
+    def __init__(self, spec: TrainSpec, run_dir: Path, accelerator: Accelerator, metric: str) -> None:
+        self.spec, self.run_dir, self.accelerator = spec, run_dir, accelerator
+        self.metric = metric
+        self.state = TrainState()
+        self.log = JsonlLog(run_dir / LOG_FILE, enabled=accelerator.is_main_process)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, collator: Callable,
+              train_set: Dataset, eval_set: Dataset, evaluate: Evaluate, resume_from: Path | None) -> None:
+        set_seed(self.spec.seed)
+        self.tokenizer, self.evaluate = tokenizer, evaluate
+        if self.spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.sampler, train_loader = self._setup_train_loader(train_set, collator)
+        eval_loader = DataLoader(eval_set, batch_size=self.spec.eval_batch_size, collate_fn=collator,
+                                 generator=torch.Generator())
+        optimizer = self._setup_optimizer(model)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
+            model, optimizer, train_loader, eval_loader)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
+        self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
+        self.scheduler = self._setup_scheduler(self.optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.num_train_samples = len(train_set)
+        if resume_from is not None:
+            self._load_checkpoint(resume_from)
+        world = self.accelerator.num_processes
+        log.info("batch %d x %d devices x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
+                 self.spec.batch_size, world, self.spec.grad_accum, self.spec.batch_size * world * self.spec.grad_accum,
+                 self.total_steps, self.steps_per_epoch, self.warmup_steps)
+
+    def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[EpochSampler, DataLoader]:
+        lengths = [len(ids) for ids in train_set["input_ids"]] if self.spec.group_by_length else None
+        sampler = EpochSampler(len(train_set), self.spec.seed, lengths, self.spec.batch_size)
+        # Its own generator: creating a loader iterator must not draw from the global RNG (dropout),
+        # or a resumed run would see different dropout masks than an uninterrupted one.
+        loader = DataLoader(train_set, batch_size=self.spec.batch_size, sampler=sampler, collate_fn=collator,
+                            generator=torch.Generator().manual_seed(self.spec.seed))
+        return sampler, loader
+
+    def _setup_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        # No weight decay on biases and LayerNorm weights: the 1-D parameters.
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.spec.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.spec.lr, betas=self.spec.adam_betas, eps=self.spec.adam_eps)
+
+    def _setup_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        warmup = self.spec.warmup
+        self.warmup_steps = int(warmup) if warmup >= 1 else round(warmup * self.total_steps)
+        return get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.total_steps)
+
+    # -- train ---------------------------------------------------------------------------------
+    def train(self) -> TrainState:
+        """The loop: forward, backward, clip, step, then log, evaluate, checkpoint as the recipe says."""
+        state, spec, acc = self.state, self.spec, self.accelerator
+        bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train", unit="step",
+                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        window = _Window()
+        while state.global_step < self.total_steps and not state.stopped_early:
+            self.model.train()
+            self.train_loader.set_epoch(state.epoch)
+            loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch else self.train_loader
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss = self.model(**batch).loss
+                    acc.backward(loss)
+                    if acc.sync_gradients and spec.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                state.batches_in_epoch += 1
+                window.add(loss.detach().float().item(), len(batch["input_ids"]) * acc.num_processes)
+                if not acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                state.global_step += 1
+                self._after_step(window, bar)
+                if state.global_step >= self.total_steps or state.stopped_early:
+                    break
+            else:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                self._after_epoch()
+        bar.close()
+        if state.last_eval_step != state.global_step:
+            self._evaluate()
+        return state
+
+    def _after_step(self, window: _Window, bar: tqdm) -> None:
+        state, spec = self.state, self.spec
+        state.samples_seen += window.pending_samples
+        state.train_seconds += window.take_time()
+        if state.global_step % spec.log_every == 0 or state.global_step == self.total_steps:
+            record = {"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                      "loss": window.mean_loss(), "lr": self.scheduler.get_last_lr()[0],
+                      "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)}
+            self.log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=record["samples_per_second"])
+            window.reset_loss()
+        bar.update(1)
+        evaluated = spec.eval_every != "epoch" and state.global_step % spec.eval_every == 0
+        if evaluated:
+            self._evaluate()
+        if (spec.save_every == "eval" and evaluated) or (isinstance(spec.save_every, int) and state.global_step % spec.save_every == 0):
+            self._save_checkpoint()
+        window.restart_clock()
+
+    def _after_epoch(self) -> None:
+        if self.spec.eval_every == "epoch":
+            self._evaluate()
+        if self.spec.save_every == "epoch" or (self.spec.save_every == "eval" and self.spec.eval_every == "epoch"):
+            self._save_checkpoint()
+
+    def _evaluate(self) -> None:
+        state = self.state
+        metrics = self.evaluate(self.model, self.eval_loader)
+        self.model.train()
+        state.last_eval_step, state.last_metrics = state.global_step, metrics
+        self.log.write({"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                        **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()}})
+        log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        value = metrics[self.metric]
+        sign = 1 if GREATER_IS_BETTER.get(self.metric, True) else -1
+        min_delta = self.spec.early_stopping.min_delta if self.spec.early_stopping else 0.0
+        if state.best_metric is None or sign * (value - state.best_metric) > min_delta:
+            state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
+            state.evals_without_improvement = 0
+            if self.spec.select_best:
+                self._save_model(self.run_dir / BEST_DIR)
+        else:
+            state.evals_without_improvement += 1
+            if self.spec.early_stopping and state.evals_without_improvement >= self.spec.early_stopping.patience:
+                log.info("early stop: %s has not improved for %d evaluations", self.metric, state.evals_without_improvement)
+                state.stopped_early = True
+
+    # -- saving --------------------------------------------------------------------------------
+    def _save_model(self, target: Path) -> None:
+        """save_pretrained (model and tokenizer) into `target`, through a temporary folder."""
+        acc = self.accelerator
+        tmp = target.with_name(f".tmp-{target.name}")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.unwrap_model(self.model).save_pretrained(tmp, is_main_process=acc.is_main_process,
+                                                     save_function=acc.save, state_dict=acc.get_state_dict(self.model))
+        if acc.is_main_process:
+            self.tokenizer.save_pretrained(tmp)
+            _replace_dir(tmp, target)
+        acc.wait_for_everyone()
+
+    def _save_checkpoint(self) -> None:
+        """Model, optimizer, scheduler, RNG states and the train state, written atomically."""
+        acc, step = self.accelerator, self.state.global_step
+        root = self.run_dir / CHECKPOINTS
+        final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).config.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / STATE_FILE, asdict(self.state))
+            _replace_dir(tmp, final)
+            for old in checkpoint_dirs(self.run_dir)[: -self.spec.keep_checkpoints]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        import json
+
+        self.accelerator.load_state(str(folder))
+        self.state = TrainState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+        self.log.truncate_after(self.state.global_step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.state.global_step,
+                 self.state.epoch, self.state.batches_in_epoch)
+
+    def save_final(self) -> dict[str, float]:
+        """Put the final weights in the run folder (the best evaluation's, if selected); return their metrics."""
+        best = self.run_dir / BEST_DIR
+        if self.spec.select_best and best.is_dir():
+            if self.accelerator.is_main_process:
+                for item in best.iterdir():
+                    shutil.copy2(item, self.run_dir / item.name)
+            self.accelerator.wait_for_everyone()
+            return self.state.best_metrics
+        self._save_model(self.run_dir / ".final")
+        if self.accelerator.is_main_process:
+            for item in (self.run_dir / ".final").iterdir():
+                item.replace(self.run_dir / item.name)
+            (self.run_dir / ".final").rmdir()
+        return self.state.last_metrics
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` in for `target` with renames, so `target` is never half written."""
+    if target.exists():
+        old = target.with_name(f".old-{target.name}")
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+
+
+class _Window:
+    """Loss and throughput since the last log line."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.pending_samples = 0
+        self.clock = time.perf_counter()
+
+    def add(self, loss: float, samples: int) -> None:
+        self.losses.append(loss)
+        self.pending_samples += samples
+
+    def take_time(self) -> float:
+        elapsed, self.pending_samples = time.perf_counter() - self.clock, 0
+        return elapsed
+
+    def restart_clock(self) -> None:
+        self.clock = time.perf_counter()
+
+    def mean_loss(self) -> float:
+        return round(sum(self.losses) / max(len(self.losses), 1), 6)
+
+    def reset_loss(self) -> None:
+        self.losses = []

@@ -1,0 +1,13 @@
+"""Errors caused by the user's input: reported as one line per problem, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class FinetuneError(Exception):
+    """A problem with the user's recipe, data, model or run folder; carries one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = [p for p in problems if p]
+        super().__init__("\n".join(self.problems))

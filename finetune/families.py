@@ -1,0 +1,40 @@
+"""Architecture families, read from a checkpoint's config without loading its weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import FinetuneError
+
+DECODER_TYPES = {
+    "gpt2", "openai-gpt", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3",
+    "phi", "phi3", "gemma", "gemma2", "opt", "bloom", "falcon", "smollm3", "olmo", "olmo2",
+}
+ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "longt5"}
+
+# Families each task type runs on today.
+SUPPORTED_FAMILIES = {"classification": {"encoder"}, "regression": {"encoder"}}
+
+
+def read_config(location: str | Path) -> dict[str, Any]:
+    """A local checkpoint's config.json as a dict."""
+    path = Path(location) / "config.json"
+    if not path.is_file():
+        raise FinetuneError(f"model.name: no config.json in {location}; is it a save_pretrained folder?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FinetuneError(f"model.name: {path} is not valid JSON ({exc})") from None
+
+
+def detect_family(config: dict[str, Any]) -> str:
+    """encoder, decoder or encoder-decoder, from the config's model_type and architectures."""
+    model_type = config.get("model_type", "")
+    architectures = config.get("architectures") or []
+    if config.get("is_encoder_decoder") or model_type in ENCODER_DECODER_TYPES:
+        return "encoder-decoder"
+    if model_type in DECODER_TYPES or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "decoder"
+    return "encoder"

@@ -1,0 +1,136 @@
+"""The stages composed: train, eval and predict. The CLI and the tests call these same functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from finetune import data
+from finetune.errors import FinetuneError
+from finetune.engine import Engine, make_accelerator
+from finetune.evaluation import evaluate_model, predict_logits
+from finetune.model import build_model, load_finetuned, load_tokenizer
+from finetune.plots import plot_training
+from finetune.recipe import Recipe, load_recipe
+from finetune.recipe.schema import ReaderSpec
+from finetune.rundir import METRICS_FILE, choose_run_dir, find_recipe, latest_checkpoint, write_json, write_recipe
+from finetune.sources import LocalTables, read_rows
+from finetune.tasks import Task, build_task
+from finetune.validate import check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its folder and its metrics (as in metrics.json)."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunResult:
+    """Validate, load data and model, train, evaluate and save: the whole `finetune train`."""
+    report = check(recipe)
+    report.raise_for_problems()
+    accelerator = make_accelerator(recipe.train)
+    tokenizer = load_tokenizer(recipe.model, report.model)
+    task, tokenized = prepare_data(recipe, tokenizer)
+    run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume)
+    log.info("run folder: %s", run_dir)
+    if accelerator.is_main_process:
+        write_recipe(run_dir, recipe)
+    model = build_model(recipe.model, report.model, task)
+    engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
+    engine.setup(model, tokenizer, _collator(tokenizer, accelerator.mixed_precision), tokenized["train"], tokenized["eval"],
+                 lambda m, loader: evaluate_model(m, loader, task, accelerator),
+                 resume_from=latest_checkpoint(run_dir) if resume else None)
+    state = engine.train()
+    metrics = {**engine.save_final(),
+               "train_runtime_s": round(state.train_seconds, 2),
+               "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+               "num_train_samples": engine.num_train_samples,
+               "train_steps": state.global_step,
+               "best_step": state.best_step,
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if accelerator.is_main_process:
+        write_json(run_dir / METRICS_FILE, metrics)
+        plot_training(run_dir)
+    accelerator.end_training()
+    return RunResult(run_dir, metrics)
+
+
+def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, Any]:
+    raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
+    task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
+    data.check_columns(raw, task)
+    raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
+    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
+    data.log_samples(tokenized["train"], tokenizer)
+    return task, tokenized
+
+
+def _collator(tokenizer: PreTrainedTokenizerBase, precision: str) -> DataCollatorWithPadding:
+    # Multiples of 8 feed tensor cores under mixed precision; on fp32 exact lengths are cheaper.
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision != "no" else None)
+
+
+def _load_run(folder: Path) -> tuple[Recipe, Any, PreTrainedTokenizerBase, Task, Any]:
+    """A run folder's (or checkpoint's) recipe, model, tokenizer and task, on the accelerator's device."""
+    recipe = load_recipe(find_recipe(folder))
+    model, tokenizer = load_finetuned(str(folder))
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if recipe.task.type == "classification" else None
+    accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
+    return recipe, accelerator.prepare(model), tokenizer, build_task(recipe.task, labels), accelerator
+
+
+def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
+    """`finetune eval`: score a run folder or checkpoint on its recipe's evaluation split (or `split`)."""
+    recipe, model, tokenizer, task, accelerator = _load_run(folder)
+    split = split or recipe.data.eval_split
+    raw = data.load_raw(recipe.data, {"eval": split})
+    data.check_columns(raw, task)
+    raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
+    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)["eval"]
+    loader = accelerator.prepare(_loader(tokenized, tokenizer, recipe.train.eval_batch_size))
+    metrics = evaluate_model(model, loader, task, accelerator)
+    if accelerator.is_main_process:
+        write_json(folder / f"eval_{split}.json", metrics)
+    return metrics
+
+
+def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> list[dict[str, Any]]:
+    """`finetune predict`: label (with probabilities) or score every row of a jsonl or csv file."""
+    recipe, model, tokenizer, task, accelerator = _load_run(folder)
+    rows = _read_inputs(input_path, task)
+    features = [dict(tokenizer(*[r[c] for c in task.text_columns], truncation=True, max_length=recipe.data.max_length)) for r in rows]
+    loader = accelerator.prepare(_loader(features, tokenizer, recipe.train.eval_batch_size))
+    logits, _ = predict_logits(model, loader, accelerator)
+    records = [{**row, **pred} for row, pred in zip(rows, task.describe(logits), strict=True)]
+    if output_path is not None:
+        output_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
+    fmt = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix)
+    if fmt is None:
+        raise FinetuneError(f"--input: {path.name} is not .jsonl, .json, .csv or .tsv")
+    rows = list(read_rows(LocalTables({"input": path}, ReaderSpec(), {}, "--input"), "input", fmt))
+    missing = [c for c in task.text_columns if rows and c not in rows[0]]
+    if not rows or missing:
+        raise FinetuneError(f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}" if rows else "has no rows"))
+    return rows
+
+
+def _loader(features: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
+    return DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+

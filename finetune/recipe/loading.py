@@ -1,0 +1,143 @@
+"""Read a recipe: YAML (safe loader), `extends:` inheritance, `key.path=value` overrides, strict validation."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from finetune.errors import FinetuneError
+from finetune.recipe.schema import KEY_ALIASES, Recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Load, merge, override and validate a recipe file; raise FinetuneError listing every problem."""
+    path = Path(path)
+    raw = _read_with_extends(path, seen=())
+    for override in overrides:
+        _apply_override(raw, override)
+    raw.setdefault("name", path.stem)
+    return validate_dict(raw)
+
+
+def validate_dict(raw: dict[str, Any]) -> Recipe:
+    """Validate an already merged recipe mapping."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise FinetuneError(*[_describe(err) for err in exc.errors()]) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, every default written out."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FinetuneError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FinetuneError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FinetuneError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FinetuneError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        raise FinetuneError(f"{path}: extends: circular inheritance")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise FinetuneError(f"{path}: extends: expects one file name, relative to the recipe")
+    base = _read_with_extends(path.parent / parent, seen + (resolved,))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in place; the value is typed as YAML would type it."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise FinetuneError(f"{override}: an override is key.path=value")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        raise FinetuneError(f"{key}: cannot read {text!r} as a YAML value") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if isinstance(child, str) and part == "model":  # `model: id` shorthand, then model.x=...
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise FinetuneError(f"{key}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One line for one pydantic error: the dotted path, then what is wrong."""
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        hint = _nearest_key(loc)
+        return f"{path}: unknown key" + (f"; did you mean {hint}?" if hint else "")
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":
+        return message  # raised by our own validators, which name the field
+    shown = err.get("input")
+    value = f" (got {shown!r})" if not isinstance(shown, dict | list) and shown is not None else ""
+    return f"{path or 'recipe'}: {message}{value}"
+
+
+def _nearest_key(loc: list[str]) -> str | None:
+    """The valid key closest in spelling to the unknown last element of `loc`, as a dotted path."""
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        inner = _section_type(field.annotation) if field else None
+        if inner is None:
+            return None
+        model = inner
+    candidates = {name: name for name in model.model_fields}
+    candidates.update({alias: name for alias, name in KEY_ALIASES.items() if name in model.model_fields})
+    match = difflib.get_close_matches(loc[-1], list(candidates), n=1, cutoff=0.6)
+    return ".".join(loc[:-1] + [candidates[match[0]]]) if match else None
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The recipe section class inside an annotation such as `EarlyStopping | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None

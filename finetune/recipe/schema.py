@@ -1,0 +1,241 @@
+"""The recipe schema: every option, its type, default and description, in one place.
+
+Importing this module must stay cheap (no torch, no transformers): `finetune validate` runs on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+TaskType = Literal["classification", "regression"]
+Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
+MetricName = Literal["accuracy", "f1", "matthews_correlation", "pearson", "spearman"]
+DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
+
+# Names other tools use for our options, so that a familiar spelling gets the right suggestion.
+KEY_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "warmup_ratio": "warmup",
+    "warmup_steps": "warmup",
+    "max_seq_length": "max_length",
+    "model_name_or_path": "name",
+    "label_column": "label",
+    "label_names": "labels",
+}
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "classification": ["accuracy"],
+    "regression": ["pearson", "spearman"],
+}
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    """The pretrained checkpoint to start from."""
+
+    name: str = Field(description="Hub id (org/name) or local path (starting with ./, ../, / or ~) of the checkpoint.")
+    family: Family = Field(
+        "auto", description="Architecture family; auto reads it from the checkpoint's config."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint; off unless you trust its author."
+    )
+
+
+class TaskSpec(Section):
+    """What is predicted from which columns."""
+
+    type: TaskType = Field(description="classification (one label per example) or regression (one float).")
+    text_a: str = Field(description="Column holding the text (the first text of a pair).")
+    text_b: str | None = Field(
+        None, description="Column holding the second text of a pair, encoded with the tokenizer's pair encoding."
+    )
+    label: str = Field("label", description="Column holding the label (class name or id) or the regression target.")
+    labels: list[str] | None = Field(
+        None,
+        description="Class names in id order; integer labels index this list. Inferred from the train split when absent.",
+    )
+    metrics: list[MetricName] | None = Field(
+        None,
+        description="Metrics reported at evaluation, the first one selects the best checkpoint. "
+        "Default: accuracy (classification), pearson and spearman (regression).",
+    )
+
+    @model_validator(mode="after")
+    def _regression_has_no_classes(self) -> TaskSpec:
+        if self.type == "regression" and self.labels is not None:
+            raise ValueError("task.labels: a regression task has no class list; remove it or use type: classification")
+        return self
+
+    @model_validator(mode="after")
+    def _labels_are_unique(self) -> TaskSpec:
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("task.labels: class names must be unique")
+        if self.labels is not None and len(self.labels) < 2:
+            raise ValueError("task.labels: a classification task needs at least two classes")
+        return self
+
+    @model_validator(mode="after")
+    def _pair_columns_differ(self) -> TaskSpec:
+        if self.text_b is not None and self.text_b == self.text_a:
+            raise ValueError("task.text_b: names the same column as task.text_a")
+        return self
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics to report, the recipe's or the task type's default."""
+        return list(self.metrics or DEFAULT_METRICS[self.type])
+
+
+class ReaderSpec(Section):
+    """How to read local text tables; the defaults read a plain UTF-8 file with a header row."""
+
+    header: bool = Field(True, description="The first row names the columns.")
+    column_names: list[str] | None = Field(None, description="Column names for a file without a header row.")
+    delimiter: str | None = Field(None, description="Field separator; default tab for .tsv, comma for .csv.")
+    quoting: Literal["minimal", "none"] = Field(
+        "minimal", description="none reads quote characters as ordinary text (GLUE's TSV files need it)."
+    )
+    encoding: str = Field("utf-8", description="Text encoding; utf-8-sig also strips a byte-order mark.")
+
+    @model_validator(mode="after")
+    def _headerless_needs_names(self) -> ReaderSpec:
+        if not self.header and not self.column_names:
+            raise ValueError("data.reader.column_names: a file without a header row needs its column names")
+        return self
+
+
+class DataSpec(Section):
+    """Where the examples come from and how they are cut."""
+
+    source: str | None = Field(None, description="Hub dataset id, e.g. nyu-mll/glue; resolved through FINETUNE_DATA_MIRROR when set.")
+    subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
+    files: dict[str, str] | None = Field(
+        None, description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}."
+    )
+    format: DataFormat = Field("auto", description="File format; auto reads it from the file extension.")
+    reader: ReaderSpec = Field(default_factory=ReaderSpec, description="Options for csv and tsv files.")
+    train_split: str = Field("train", description="Split used for training.")
+    eval_split: str = Field("validation", description="Split evaluated during and after training.")
+    max_train_samples: PositiveInt | None = Field(
+        None, description="Keep this many training examples (after a seeded shuffle), for quick runs."
+    )
+    max_eval_samples: PositiveInt | None = Field(None, description="Keep the first N evaluation examples.")
+    max_length: PositiveInt = Field(128, description="Truncate tokenized inputs to this many tokens.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.source is None) == (self.files is None):
+            raise ValueError("data: give exactly one of data.source (Hub id) or data.files (local files)")
+        if self.files is not None and self.subset is not None:
+            raise ValueError("data.subset: only applies to a Hub dataset (data.source)")
+        return self
+
+    @model_validator(mode="after")
+    def _splits_present(self) -> DataSpec:
+        if self.files is not None:
+            for key in ("train_split", "eval_split"):
+                split = getattr(self, key)
+                if split not in self.files:
+                    raise ValueError(f"data.{key}: split {split!r} is not in data.files ({', '.join(self.files)})")
+        return self
+
+
+class EarlyStopping(Section):
+    """Stop when the selection metric has not improved for a while."""
+
+    patience: PositiveInt = Field(3, description="Evaluations without improvement before training stops.")
+    min_delta: NonNegativeFloat = Field(0.0, description="Smallest change that counts as an improvement.")
+
+
+class TrainSpec(Section):
+    """Optimisation and the training loop."""
+
+    epochs: PositiveFloat = Field(3, description="Passes over the training split (fractions allowed).")
+    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to run; overrides epochs when set.")
+    batch_size: PositiveInt = Field(32, description="Examples per device per forward pass.")
+    eval_batch_size: PositiveInt = Field(64, description="Examples per device per evaluation batch.")
+    grad_accum: PositiveInt = Field(1, description="Forward passes accumulated into one optimizer step.")
+    lr: PositiveFloat = Field(5e-5, description="Peak learning rate of AdamW.")
+    weight_decay: NonNegativeFloat = Field(
+        0.01, description="AdamW weight decay, not applied to biases and LayerNorm weights."
+    )
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1 and beta2.")
+    adam_eps: PositiveFloat = Field(1e-8, description="AdamW epsilon.")
+    warmup: NonNegativeFloat = Field(
+        0.06, description="Linear warmup: below 1 a share of the total steps, from 1 up a number of steps."
+    )
+    max_grad_norm: NonNegativeFloat = Field(1.0, description="Clip the gradient norm to this; 0 turns clipping off.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision; bf16 needs a CPU or GPU with bf16, fp16 a GPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding, faster epochs)."
+    )
+    eval_every: PositiveInt | Literal["epoch"] = Field(
+        "epoch", description="Evaluate every N optimizer steps, or at the end of each epoch."
+    )
+    save_every: PositiveInt | Literal["epoch", "eval"] = Field(
+        "eval", description="Write a resumable checkpoint every N steps, each epoch, or at each evaluation."
+    )
+    keep_checkpoints: PositiveInt = Field(1, description="Resumable checkpoints kept on disk (the newest).")
+    select_best: bool = Field(
+        True, description="End with the weights of the best evaluation on the first metric, not the last step."
+    )
+    early_stopping: EarlyStopping | None = Field(None, description="Stop early on the first metric; off when absent.")
+    log_every: PositiveInt = Field(10, description="Write loss, lr and throughput to log.jsonl every N steps.")
+    seed: NonNegativeInt = Field(42, description="Seed for weights of new heads, dropout and data order.")
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evals(self) -> TrainSpec:
+        if self.early_stopping is not None and not self.select_best:
+            raise ValueError("train.early_stopping: needs train.select_best: true to return the best weights")
+        return self
+
+
+class Recipe(Section):
+    """A complete fine-tuning job."""
+
+    name: str = Field("run", description="Run name; a recipe file's name when read from one. Runs go to runs/<name>/<timestamp>.")
+    description: str = Field("", description="What this recipe is for, in a sentence.")
+    model: ModelSpec = Field(description="The pretrained checkpoint; a string is shorthand for model.name.")
+    task: TaskSpec = Field(description="The task type and the columns it reads.")
+    data: DataSpec = Field(description="The dataset.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
+    output_dir: str | None = Field(None, description="Run folder; default runs/<name>/<timestamp>.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, values: object) -> object:
+        if isinstance(values, dict) and isinstance(values.get("model"), str):
+            return {**values, "model": {"name": values["model"]}}
+        return values
+
+    @model_validator(mode="after")
+    def _eval_split_differs(self) -> Recipe:
+        if self.data.eval_split == self.data.train_split:
+            raise ValueError("data.eval_split: evaluating on the training split measures nothing; name another split")
+        return self

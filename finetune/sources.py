@@ -1,0 +1,152 @@
+"""Where a recipe's examples come from, and a light reader for local tables.
+
+Torch-free on purpose: `finetune validate` reads headers and label values through here in well
+under a second, and `finetune.data` loads the same files through `datasets` with the same options.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import FinetuneError
+from finetune.mirrors import resolve_dataset
+from finetune.recipe.schema import DataSpec, ReaderSpec
+
+FORMATS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class LocalTables:
+    """Local files by split, with the options that read them and the renames that apply after."""
+
+    files: dict[str, Path]
+    reader: ReaderSpec
+    rename: dict[str, str]
+    origin: str
+
+    def format_of(self, split: str, declared: str = "auto") -> str:
+        """The file format of one split: the declared one, else the file's extension."""
+        if declared != "auto":
+            return declared
+        path = self.files[split]
+        suffixes = [s for s in path.suffixes if s in FORMATS_BY_SUFFIX]
+        if not suffixes:
+            raise FinetuneError(
+                f"data.files.{split}: cannot tell the format of {path.name}; set data.format "
+                f"({', '.join(sorted(set(FORMATS_BY_SUFFIX.values())))})"
+            )
+        return FORMATS_BY_SUFFIX[suffixes[-1]]
+
+    def delimiter(self, fmt: str) -> str:
+        return self.reader.delimiter or ("\t" if fmt == "tsv" else ",")
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset to fetch from the Hub (no local copy known)."""
+
+    path: str
+    name: str | None
+
+
+def resolve_source(spec: DataSpec) -> LocalTables | HubDataset:
+    """Local files named by the recipe, a mirrored copy of a Hub dataset, or the Hub dataset itself."""
+    if spec.files is not None:
+        return LocalTables({k: Path(v).expanduser() for k, v in spec.files.items()}, spec.reader, {}, "data.files")
+    mirrored = resolve_dataset(spec.source, spec.subset)
+    if mirrored is None:
+        return HubDataset(spec.source, spec.subset)
+    reader = ReaderSpec.model_validate({**spec.reader.model_dump(exclude_defaults=True), **mirrored.reader})
+    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {spec.source}")
+
+
+def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, Any]]:
+    """Yield one split's rows as dicts (renames applied), raising FinetuneError on unreadable input."""
+    path = tables.files[split]
+    if not path.is_file():
+        raise FinetuneError(f"data.files.{split}: file not found: {path}")
+    rows = _read_table(path, fmt, tables)
+    try:
+        for row in rows:
+            yield {tables.rename.get(k, k): v for k, v in row.items()}
+    except UnicodeDecodeError as exc:
+        raise FinetuneError(
+            f"data.files.{split}: {path} is not {tables.reader.encoding} text (byte {exc.start}); "
+            "set data.reader.encoding"
+        ) from None
+
+
+def _read_table(path: Path, fmt: str, tables: LocalTables) -> Iterator[dict[str, Any]]:
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, tables.delimiter(fmt), tables.reader)
+    if fmt == "jsonl":
+        return _read_jsonl(path, tables.reader.encoding)
+    if fmt == "json":
+        return _read_json(path, tables.reader.encoding)
+    return _read_parquet(path)
+
+
+def _read_delimited(path: Path, delimiter: str, reader: ReaderSpec) -> Iterator[dict[str, Any]]:
+    quoting = csv.QUOTE_NONE if reader.quoting == "none" else csv.QUOTE_MINIMAL
+    with path.open(encoding=reader.encoding, newline="") as handle:
+        lines = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        names = list(reader.column_names) if reader.column_names else None
+        if reader.header:
+            header = next(lines, None)
+            names = names or header
+        if not names:
+            return
+        for number, fields in enumerate(lines, start=2 if reader.header else 1):
+            if not fields:
+                continue
+            if len(fields) != len(names):
+                raise FinetuneError(
+                    f"{path}: line {number} has {len(fields)} fields, the header {len(names)}"
+                    + ("; try data.reader.quoting: none" if reader.quoting != "none" else "")
+                )
+            yield dict(zip(names, fields, strict=True))
+
+
+def _read_jsonl(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
+    with path.open(encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield _json_record(line, path, number)
+
+
+def _read_json(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
+    text = path.read_text(encoding=encoding)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        # datasets' json loader also reads JSON lines under a .json name
+        yield from (_json_record(line, path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip())
+        return
+    if not isinstance(data, list):
+        raise FinetuneError(f"{path}: expected a JSON list of records")
+    yield from data
+
+
+def _json_record(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise FinetuneError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise FinetuneError(f"{path}: line {number} is not a JSON object")
+    return record
+
+
+def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise FinetuneError(f"{path}: not a readable parquet file ({exc})") from None
+    yield from table.to_pylist()

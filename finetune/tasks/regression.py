@@ -1,0 +1,32 @@
+"""Regression: one float per text or text pair (e.g. STS-B similarity 0-5); a single output, MSE loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from finetune.errors import FinetuneError
+from finetune.labels import regression_target
+from finetune.tasks.base import Task
+
+
+class Regression(Task):
+    name = "regression"
+    problem_type = "regression"
+
+    @property
+    def num_labels(self) -> int:
+        return 1
+
+    def encode_label(self, value: Any, row: int) -> float:
+        target = regression_target(value)
+        if target is None:
+            raise FinetuneError(f"task.label: {value!r} in row {row} is not a number")
+        return target
+
+    def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
+        return logits.reshape(-1)
+
+    def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        return [{"score": round(float(x), 6)} for x in logits.reshape(-1)]
