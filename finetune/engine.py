@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
@@ -57,6 +58,9 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     """An Accelerator for this machine; refuses a precision the hardware lacks."""
     check_precision(spec.precision)
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec.precision]
+    # A second run in the same process (notebooks, tests) may ask for another precision; the
+    # distributed state (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
@@ -47,6 +48,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:
         write_recipe(run_dir, recipe)
+    set_seed(recipe.train.seed)  # the new head's initial weights depend on it
     model = build_model(recipe.model, report.model, task)
     engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
     engine.setup(model, tokenizer, _collator(tokenizer, accelerator.mixed_precision), tokenized["train"], tokenized["eval"],

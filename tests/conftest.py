@@ -1,0 +1,77 @@
+"""Shared fixtures: offline settings, the shared data mirror, tiny BERT and ELECTRA checkpoints built from configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+GLUE = SHARED_DATA / "glue"
+
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "FINETUNE_DATA_MIRROR": str(SHARED_DATA),
+})
+os.environ.pop("FINETUNE_MODEL_MIRROR", None)
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _tiny_checkpoint(folder: Path, kind: str) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, ElectraConfig, ElectraForPreTraining
+
+    from finetune.mirrors import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MINILM).location)
+    sizes = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=256)
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertModel(BertConfig(**sizes))
+    else:
+        model = ElectraForPreTraining(ElectraConfig(embedding_size=32, **sizes))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's WordPiece vocabulary, randomly initialised."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_electra(tmp_path_factory) -> Path:
+    """A 2-layer ELECTRA discriminator (ElectraForPreTraining), randomly initialised."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-electra"), "electra")
+
+
+@pytest.fixture()
+def sst2_rows(tmp_path) -> Path:
+    """The first 32 real SST-2 training rows as a TSV file, with both classes present."""
+    lines = (GLUE / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[:33]
+    path = tmp_path / "sst2-32.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def recipe_file(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    """Write a recipe into `folder` and return its path."""
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_cli(*argv: str):
+    """The CLI in-process; returns its CliResult."""
+    from finetune.cli import run
+
+    return run([str(a) for a in argv])

@@ -1,0 +1,190 @@
+"""Training on tiny models built from configs: learning, overfitting, reproducibility, resume, eval, predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import GLUE, recipe_file, run_cli
+from safetensors.torch import load_file
+
+from finetune import engine as engine_module
+
+
+def tiny_recipe(tmp_path: Path, model: Path, rows: Path, **train: object) -> Path:
+    settings = {"epochs": 30, "batch_size": 8, "lr": 1.0e-3, "warmup": 0, "eval_every": 40, "save_every": 1000,
+                "log_every": 4, **train}
+    lines = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in settings.items())
+    return recipe_file(tmp_path, f"""
+model: {model}
+task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive]}}
+data:
+  files: {{train: {rows}, fit: {rows}}}
+  eval_split: fit
+  max_length: 64
+  reader: {{quoting: none}}
+train:
+{lines}
+""")
+
+
+@pytest.mark.parametrize("kind", ["tiny_bert", "tiny_electra"])
+def test_tiny_models_overfit_32_examples(kind, request, tmp_path, sst2_rows):
+    model = request.getfixturevalue(kind)
+    result = run_cli("train", tiny_recipe(tmp_path, model, sst2_rows), f"output_dir={tmp_path / 'run'}")
+    assert result.exit_code == 0
+    assert result.metrics["accuracy"] == 1.0  # evaluated on the same 32 training rows
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses[-1] < losses[0] / 4
+
+
+def test_run_folder_holds_a_loadable_model_and_flat_metrics(tmp_path, tiny_bert, sst2_rows):
+    from transformers import AutoModelForSequenceClassification
+
+    run = tmp_path / "run"
+    result = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2), f"output_dir={run}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert {"accuracy", "eval_loss", "train_runtime_s", "train_samples_per_second", "num_train_samples"} <= set(metrics)
+    assert all(not isinstance(v, dict | list) for v in metrics.values())
+    assert metrics["num_train_samples"] == 32
+    model = AutoModelForSequenceClassification.from_pretrained(run)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert (run / "recipe.yaml").is_file() and (run / "training.png").stat().st_size > 0
+    assert "lr: 0.001" in (run / "recipe.yaml").read_text()
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, tiny_bert, sst2_rows):
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=3)
+    first = run_cli("train", recipe, f"output_dir={tmp_path / 'a'}").metrics
+    second = run_cli("train", recipe, f"output_dir={tmp_path / 'b'}").metrics
+    timing = {"train_runtime_s", "train_samples_per_second", "peak_rss_mb"}
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    assert _weights(tmp_path / "a") == _weights(tmp_path / "b")
+
+
+def _weights(run: Path) -> dict[str, list]:
+    return {k: v.tolist() for k, v in load_file(run / "model.safetensors").items()}
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_bert, sst2_rows, monkeypatch):
+    # 8 batches per epoch, 12 steps: the checkpoint at step 4 is mid-epoch, the run crosses an epoch.
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, max_steps=12, batch_size=4, eval_every=4,
+                         save_every=4, keep_checkpoints=5)
+    full = run_cli("train", recipe, f"output_dir={tmp_path / 'full'}")
+
+    original = engine_module.Engine._after_step
+
+    def crash_after_step_6(self, window, bar):
+        original(self, window, bar)
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt  # the process dies between checkpoints
+
+    monkeypatch.setattr(engine_module.Engine, "_after_step", crash_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}")
+    monkeypatch.setattr(engine_module.Engine, "_after_step", original)
+    assert [p.name for p in sorted((tmp_path / "cut" / "checkpoints").iterdir())] == ["step-4"]
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}").exit_code == 2  # refuses without --resume
+    resumed = run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}", "--resume")
+
+    timing = {"train_runtime_s", "train_samples_per_second", "peak_rss_mb"}
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {k: v for k, v in full.metrics.items() if k not in timing}
+    assert _weights(tmp_path / "cut") == _weights(tmp_path / "full")
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps))  # the log has no duplicated steps after the resume
+
+
+def test_eval_and_predict_agree_with_the_run(tmp_path, tiny_bert, sst2_rows):
+    run = tmp_path / "run"
+    trained = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2, select_best=False,
+                                           save_every="epoch"), f"output_dir={run}")
+    evaluated = run_cli("eval", run)
+    assert evaluated.metrics["accuracy"] == trained.metrics["accuracy"]
+    checkpoint = next((run / "checkpoints").iterdir())
+    assert run_cli("eval", checkpoint).metrics["accuracy"] == trained.metrics["accuracy"]  # last checkpoint = final
+
+    rows = [dict(zip(["sentence", "label"], line.split("\t"))) for line in sst2_rows.read_text().splitlines()[1:]]
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"sentence": r["sentence"]}) + "\n" for r in rows))
+    assert run_cli("predict", run, "--input", inputs, "--output", tmp_path / "out.jsonl").exit_code == 0
+    predictions = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(predictions) == 32
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
+    assert all(p["label"] == max(p["probabilities"], key=p["probabilities"].get) for p in predictions)
+    names = ["negative", "positive"]
+    accuracy = sum(p["label"] == names[int(r["label"])] for p, r in zip(predictions, rows)) / 32
+    assert accuracy == pytest.approx(trained.metrics["accuracy"])
+
+
+def test_regression_on_real_stsb_pairs(tmp_path, tiny_bert):
+    rows = (GLUE / "stsb" / "train.tsv").read_text().splitlines()[:33]
+    data = tmp_path / "stsb.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    recipe = recipe_file(tmp_path, f"""
+model: {tiny_bert}
+task: {{type: regression, text_a: sentence1, text_b: sentence2, label: score}}
+data: {{files: {{train: {data}, fit: {data}}}, eval_split: fit, reader: {{quoting: none}}}}
+train: {{epochs: 40, batch_size: 8, lr: 3.0e-3, warmup: 0, save_every: 1000, eval_every: 80}}
+""")
+    result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    assert result.metrics["pearson"] > 0.8 and "spearman" in result.metrics
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path, tiny_bert, sst2_rows):
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=50, lr=1.0e-6, eval_every=4,
+                         early_stopping={"patience": 2, "min_delta": 0.5})
+    result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    assert result.metrics["train_steps"] == 12  # evals at 4, 8, 12: no 0.5 gain after the first, so stop
+    assert result.metrics["best_step"] == 4
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_bert, sst2_rows):
+    common = dict(epochs=1, group_by_length=False, max_grad_norm=0, eval_every=1000)
+    big = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=8, **common), f"output_dir={tmp_path / 'big'}")
+    accum = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=4, grad_accum=2, **common),
+                    f"output_dir={tmp_path / 'accum'}")
+    assert big.metrics["train_steps"] == accum.metrics["train_steps"] == 4
+    a, b = _weights(tmp_path / "big"), _weights(tmp_path / "accum")
+    import numpy as np
+
+    # dropout and the batch order differ, so compare the size of the update, not the values
+    assert abs(np.linalg.norm(a["classifier.weight"]) - np.linalg.norm(b["classifier.weight"])) < 0.5
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path, tiny_bert, sst2_rows, capsys):
+    result = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows), "train.precision=fp16",
+                     f"output_dir={tmp_path / 'run'}")
+    assert result.exit_code == 2
+    assert "train.precision: fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_trains_on_cpu(tmp_path, tiny_bert, sst2_rows):
+    result = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, precision="bf16"),
+                     f"output_dir={tmp_path / 'run'}")
+    assert result.exit_code == 0 and result.metrics["train_steps"] == 4
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_bert, sst2_rows):
+    plain = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
+    run_cli("train", plain, f"output_dir={tmp_path / 'plain'}")
+    run_cli("train", plain, "train.gradient_checkpointing=true", f"output_dir={tmp_path / 'ckpt'}")
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ckpt")
+    import numpy as np
+
+    assert all(np.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_non_empty_run_folder_is_refused_unless_overwrite(tmp_path, tiny_bert, sst2_rows, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
+    assert run_cli("train", recipe, f"output_dir={run}").exit_code == 2
+    assert "is not empty" in capsys.readouterr().err and (run / "keep.txt").exists()
+    assert run_cli("train", recipe, f"output_dir={run}", "--overwrite").exit_code == 0
+    assert not (run / "keep.txt").exists()
+    shutil.rmtree(run)
