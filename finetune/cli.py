@@ -51,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     train = command("train", "Train a model from a recipe; key.path=value arguments override the recipe.")
     train.add_argument("recipe", type=Path)
@@ -101,10 +106,15 @@ def main() -> None:
 
 
 def _train(args: argparse.Namespace) -> CliResult:
-    from finetune.pipeline import train
     from finetune.recipe import load_recipe
+    from finetune.validate import check
 
-    result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
+    recipe = load_recipe(args.recipe, args.overrides)
+    check(recipe).raise_for_problems()  # before torch loads: a bad recipe fails in a second
+
+    from finetune.pipeline import train
+
+    result = train(recipe, overwrite=args.overwrite, resume=args.resume)
     print(_metrics_line(result.metrics))
     print(f"run folder: {result.run_dir}")
     return CliResult(0, result.metrics, result.run_dir)
@@ -178,8 +188,14 @@ def _recipe(args: argparse.Namespace) -> CliResult:
     return CliResult(0)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "validate": _validate, "inspect": _inspect, "predict": _predict,
-            "recipe": _recipe}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "validate": _validate,
+    "inspect": _inspect,
+    "predict": _predict,
+    "recipe": _recipe,
+}
 
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
@@ -187,9 +203,19 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="[finetune] %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("transformers", "datasets", "accelerate", "evaluate", "httpx", "huggingface_hub", "bitsandbytes", "matplotlib"):
+    logging.basicConfig(
+        level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="[finetune] %(message)s", stream=sys.stderr
+    )
+    for noisy in (
+        "transformers",
+        "datasets",
+        "accelerate",
+        "evaluate",
+        "httpx",
+        "huggingface_hub",
+        "bitsandbytes",
+        "matplotlib",
+    ):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 
-import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
@@ -18,8 +17,6 @@ from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
-
-SPLIT_KEYS = ("train", "eval")
 
 
 def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
@@ -34,7 +31,9 @@ def _load_hub(source: HubDataset, splits: dict[str, str]) -> DatasetDict:
     try:
         loaded = {key: load_dataset(source.path, source.name, split=split) for key, split in splits.items()}
     except Exception as exc:  # datasets raises many types (connection, missing config, missing split)
-        raise FinetuneError(f"data.source: cannot load {source.path} ({source.name}): {str(exc).splitlines()[0]}") from None
+        raise FinetuneError(
+            f"data.source: cannot load {source.path} ({source.name}): {str(exc).splitlines()[0]}"
+        ) from None
     return DatasetDict(loaded)
 
 
@@ -122,7 +121,14 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
     tokenized = {}
     for key, ds in raw.items():
         fingerprint = Hasher.hash(
-            (ds._fingerprint, task.spec.model_dump(), task.labels, max_length, _tokenizer_identity(tokenizer), __version__)
+            (
+                ds._fingerprint,
+                task.spec.model_dump(),
+                task.labels,
+                max_length,
+                _tokenizer_identity(tokenizer),
+                __version__,
+            )
         )
         tokenized[key] = ds.map(
             task.format,
@@ -137,8 +143,14 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
 
 def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:
     """What decides a tokenizer's output; hashing the object itself is unstable (its state changes on use)."""
-    return (type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), tokenizer.padding_side,
-            tokenizer.truncation_side, sorted(tokenizer.get_vocab().items()))
+    return (
+        type(tokenizer).__name__,
+        tokenizer.name_or_path,
+        len(tokenizer),
+        tokenizer.padding_side,
+        tokenizer.truncation_side,
+        sorted(tokenizer.get_vocab().items()),
+    )
 
 
 def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: int = 2) -> None:
@@ -146,8 +158,3 @@ def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: i
     for index in range(min(count, len(tokenized))):
         row = tokenized[index]
         log.info("sample %d: %s | label %s", index, tokenizer.decode(row["input_ids"]), row.get("labels"))
-
-
-def disable_progress_bars_unless(show: bool) -> None:
-    """datasets' progress bars on or off (they are off in quiet runs and tests)."""
-    (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()

@@ -7,6 +7,7 @@ evaluation cadence, early stopping, best-checkpoint selection and resumable chec
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -82,18 +83,28 @@ class Engine:
         self.log = JsonlLog(run_dir / LOG_FILE, enabled=accelerator.is_main_process)
 
     # -- setup ---------------------------------------------------------------------------------
-    def setup(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, collator: Callable,
-              train_set: Dataset, eval_set: Dataset, evaluate: Evaluate, resume_from: Path | None) -> None:
+    def setup(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        collator: Callable,
+        train_set: Dataset,
+        eval_set: Dataset,
+        evaluate: Evaluate,
+        resume_from: Path | None,
+    ) -> None:
         set_seed(self.spec.seed)
         self.tokenizer, self.evaluate = tokenizer, evaluate
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.sampler, train_loader = self._setup_train_loader(train_set, collator)
-        eval_loader = DataLoader(eval_set, batch_size=self.spec.eval_batch_size, collate_fn=collator,
-                                 generator=torch.Generator())
+        eval_loader = DataLoader(
+            eval_set, batch_size=self.spec.eval_batch_size, collate_fn=collator, generator=torch.Generator()
+        )
         optimizer = self._setup_optimizer(model)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
-            model, optimizer, train_loader, eval_loader)
+            model, optimizer, train_loader, eval_loader
+        )
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
         self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
         self.scheduler = self._setup_scheduler(self.optimizer)
@@ -102,24 +113,38 @@ class Engine:
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         world = self.accelerator.num_processes
-        log.info("batch %d x %d devices x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
-                 self.spec.batch_size, world, self.spec.grad_accum, self.spec.batch_size * world * self.spec.grad_accum,
-                 self.total_steps, self.steps_per_epoch, self.warmup_steps)
+        log.info(
+            "batch %d x %d devices x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
+            self.spec.batch_size,
+            world,
+            self.spec.grad_accum,
+            self.spec.batch_size * world * self.spec.grad_accum,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.warmup_steps,
+        )
 
     def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[EpochSampler, DataLoader]:
         lengths = [len(ids) for ids in train_set["input_ids"]] if self.spec.group_by_length else None
         sampler = EpochSampler(len(train_set), self.spec.seed, lengths, self.spec.batch_size)
         # Its own generator: creating a loader iterator must not draw from the global RNG (dropout),
         # or a resumed run would see different dropout masks than an uninterrupted one.
-        loader = DataLoader(train_set, batch_size=self.spec.batch_size, sampler=sampler, collate_fn=collator,
-                            generator=torch.Generator().manual_seed(self.spec.seed))
+        loader = DataLoader(
+            train_set,
+            batch_size=self.spec.batch_size,
+            sampler=sampler,
+            collate_fn=collator,
+            generator=torch.Generator().manual_seed(self.spec.seed),
+        )
         return sampler, loader
 
     def _setup_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         # No weight decay on biases and LayerNorm weights: the 1-D parameters.
         params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.spec.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.spec.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=self.spec.lr, betas=self.spec.adam_betas, eps=self.spec.adam_eps)
 
     def _setup_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -131,13 +156,23 @@ class Engine:
     def train(self) -> TrainState:
         """The loop: forward, backward, clip, step, then log, evaluate, checkpoint as the recipe says."""
         state, spec, acc = self.state, self.spec, self.accelerator
-        bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train", unit="step",
-                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state.global_step,
+            desc="train",
+            unit="step",
+            disable=not acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
         window = _Window()
         while state.global_step < self.total_steps and not state.stopped_early:
             self.model.train()
             self.train_loader.set_epoch(state.epoch)
-            loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch else self.train_loader
+            loader = (
+                acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
+                if state.batches_in_epoch
+                else self.train_loader
+            )
             for batch in loader:
                 with acc.accumulate(self.model):
                     loss = self.model(**batch).loss
@@ -168,9 +203,13 @@ class Engine:
         state.samples_seen += window.pending_samples
         state.train_seconds += window.take_time()
         if state.global_step % spec.log_every == 0 or state.global_step == self.total_steps:
-            record = {"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 4),
-                      "loss": window.mean_loss(), "lr": self.scheduler.get_last_lr()[0],
-                      "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)}
+            record = {
+                "step": state.global_step,
+                "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                "loss": window.mean_loss(),
+                "lr": self.scheduler.get_last_lr()[0],
+                "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+            }
             self.log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=record["samples_per_second"])
             window.reset_loss()
@@ -178,7 +217,9 @@ class Engine:
         evaluated = spec.eval_every != "epoch" and state.global_step % spec.eval_every == 0
         if evaluated:
             self._evaluate()
-        if (spec.save_every == "eval" and evaluated) or (isinstance(spec.save_every, int) and state.global_step % spec.save_every == 0):
+        if (spec.save_every == "eval" and evaluated) or (
+            isinstance(spec.save_every, int) and state.global_step % spec.save_every == 0
+        ):
             self._save_checkpoint()
         window.restart_clock()
 
@@ -193,8 +234,13 @@ class Engine:
         metrics = self.evaluate(self.model, self.eval_loader)
         self.model.train()
         state.last_eval_step, state.last_metrics = state.global_step, metrics
-        self.log.write({"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 4),
-                        **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()}})
+        self.log.write(
+            {
+                "step": state.global_step,
+                "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()},
+            }
+        )
         log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         value = metrics[self.metric]
         sign = 1 if GREATER_IS_BETTER.get(self.metric, True) else -1
@@ -207,7 +253,9 @@ class Engine:
         else:
             state.evals_without_improvement += 1
             if self.spec.early_stopping and state.evals_without_improvement >= self.spec.early_stopping.patience:
-                log.info("early stop: %s has not improved for %d evaluations", self.metric, state.evals_without_improvement)
+                log.info(
+                    "early stop: %s has not improved for %d evaluations", self.metric, state.evals_without_improvement
+                )
                 state.stopped_early = True
 
     # -- saving --------------------------------------------------------------------------------
@@ -218,8 +266,9 @@ class Engine:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.unwrap_model(self.model).save_pretrained(tmp, is_main_process=acc.is_main_process,
-                                                     save_function=acc.save, state_dict=acc.get_state_dict(self.model))
+        acc.unwrap_model(self.model).save_pretrained(
+            tmp, is_main_process=acc.is_main_process, save_function=acc.save, state_dict=acc.get_state_dict(self.model)
+        )
         if acc.is_main_process:
             self.tokenizer.save_pretrained(tmp)
             _replace_dir(tmp, target)
@@ -244,13 +293,16 @@ class Engine:
         acc.wait_for_everyone()
 
     def _load_checkpoint(self, folder: Path) -> None:
-        import json
-
         self.accelerator.load_state(str(folder))
         self.state = TrainState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
         self.log.truncate_after(self.state.global_step)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.state.global_step,
-                 self.state.epoch, self.state.batches_in_epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            folder,
+            self.state.global_step,
+            self.state.epoch,
+            self.state.batches_in_epoch,
+        )
 
     def save_final(self) -> dict[str, float]:
         """Put the final weights in the run folder (the best evaluation's, if selected); return their metrics."""

@@ -13,7 +13,9 @@ from finetune.tasks import Task
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_logits(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits (N, num_labels) and labels (N,) when the data has them, gathered from every process."""
     model.eval()
     logits, labels = [], []
@@ -33,7 +35,9 @@ def mean_loss(logits: np.ndarray, labels: np.ndarray, task: Task) -> float:
     return F.cross_entropy(scores, targets.long()).item()
 
 
-def evaluate_model(model: torch.nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator
+) -> dict[str, float]:
     """The task's metrics and the mean loss (`eval_loss`) on one split."""
     logits, labels = predict_logits(model, loader, accelerator)
     metrics = compute_metrics(task.metric_names, task.metric_inputs(logits), labels)

@@ -9,8 +9,26 @@ from typing import Any
 from finetune.errors import FinetuneError
 
 DECODER_TYPES = {
-    "gpt2", "openai-gpt", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3",
-    "phi", "phi3", "gemma", "gemma2", "opt", "bloom", "falcon", "smollm3", "olmo", "olmo2",
+    "gpt2",
+    "openai-gpt",
+    "gpt_neo",
+    "gpt_neox",
+    "gptj",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "phi",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "opt",
+    "bloom",
+    "falcon",
+    "smollm3",
+    "olmo",
+    "olmo2",
 }
 ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "longt5"}
 

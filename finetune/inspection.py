@@ -15,15 +15,21 @@ LAYOUT_ROWS = ("token_type_ids", "attention_mask")
 def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTokenizerBase, task: Task) -> str:
     """One example: a header with its label, then columns of token / token type / attention, wrapped to the terminal.
 
-    >>> print(render_example(0, {"input_ids": [101, 7592, 102], "attention_mask": [1, 1, 1], "labels": 1}, tok, task))  # doctest: +SKIP
+    >>> example = {"input_ids": [101, 7592, 102], "attention_mask": [1, 1, 1], "labels": 1}
+    >>> print(render_example(0, example, tok, task))  # doctest: +SKIP
     example 0: 3 tokens, label positive (id 1)
       token     [CLS] hello [SEP]
       attention 1     1     1
     """
     tokens = tokenizer.convert_ids_to_tokens(features["input_ids"])
     rows = {"token": tokens}
-    rows.update({name.removesuffix("_ids").replace("attention_mask", "attention"): features[name]
-                 for name in LAYOUT_ROWS if name in features})
+    rows.update(
+        {
+            name.removesuffix("_ids").replace("attention_mask", "attention"): features[name]
+            for name in LAYOUT_ROWS
+            if name in features
+        }
+    )
     lines = [f"example {index}: {len(tokens)} tokens, {_label_text(features.get('labels'), task)}"]
     lines += _columns(rows, width=shutil.get_terminal_size((120, 20)).columns)
     return "\n".join(lines)

@@ -10,8 +10,14 @@ import evaluate
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-GREATER_IS_BETTER = {"accuracy": True, "f1": True, "matthews_correlation": True, "pearson": True,
-                     "spearman": True, "loss": False}
+GREATER_IS_BETTER = {
+    "accuracy": True,
+    "f1": True,
+    "matthews_correlation": True,
+    "pearson": True,
+    "spearman": True,
+    "loss": False,
+}
 
 
 def _f1(refs: Sequence, preds: Sequence) -> float:
@@ -38,8 +44,12 @@ class ScoreMetric(evaluate.Metric):
         super().__init__(keep_in_memory=True, **kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
-        features = datasets.Features({"predictions": datasets.Value(self.dtype), "references": datasets.Value(self.dtype)})
-        return evaluate.MetricInfo(description=f"{self.score_name} score", citation="", inputs_description="", features=features)
+        features = datasets.Features(
+            {"predictions": datasets.Value(self.dtype), "references": datasets.Value(self.dtype)}
+        )
+        return evaluate.MetricInfo(
+            description=f"{self.score_name} score", citation="", inputs_description="", features=features
+        )
 
     def _compute(self, predictions: Sequence, references: Sequence) -> dict[str, float]:
         return {self.score_name: float(self.score(references, predictions))}

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from finetune.errors import FinetuneError
 from finetune.mirrors import ResolvedModel
@@ -40,8 +45,13 @@ def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrai
         )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
-    log.info("model %s (%s, from %s): %.1fM parameters", spec.name, config.model_type, resolved.origin,
-             model.num_parameters() / 1e6)
+    log.info(
+        "model %s (%s, from %s): %.1fM parameters",
+        spec.name,
+        config.model_type,
+        resolved.origin,
+        model.num_parameters() / 1e6,
+    )
     return model
 
 

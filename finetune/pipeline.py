@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from finetune import data
-from finetune.errors import FinetuneError
 from finetune.engine import Engine, make_accelerator
+from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
 from finetune.model import build_model, load_finetuned, load_tokenizer
 from finetune.plots import plot_training
@@ -51,17 +51,25 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
     model = build_model(recipe.model, report.model, task)
     engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
-    engine.setup(model, tokenizer, _collator(tokenizer, accelerator.mixed_precision), tokenized["train"], tokenized["eval"],
-                 lambda m, loader: evaluate_model(m, loader, task, accelerator),
-                 resume_from=latest_checkpoint(run_dir) if resume else None)
+    engine.setup(
+        model,
+        tokenizer,
+        _collator(tokenizer, accelerator.mixed_precision),
+        tokenized["train"],
+        tokenized["eval"],
+        lambda m, loader: evaluate_model(m, loader, task, accelerator),
+        resume_from=latest_checkpoint(run_dir) if resume else None,
+    )
     state = engine.train()
-    metrics = {**engine.save_final(),
-               "train_runtime_s": round(state.train_seconds, 2),
-               "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
-               "num_train_samples": engine.num_train_samples,
-               "train_steps": state.global_step,
-               "best_step": state.best_step,
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    metrics = {
+        **engine.save_final(),
+        "train_runtime_s": round(state.train_seconds, 2),
+        "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+        "num_train_samples": engine.num_train_samples,
+        "train_steps": state.global_step,
+        "best_step": state.best_step,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
     if accelerator.is_main_process:
         write_json(run_dir / METRICS_FILE, metrics)
         plot_training(run_dir)
@@ -88,7 +96,11 @@ def _load_run(folder: Path) -> tuple[Recipe, Any, PreTrainedTokenizerBase, Task,
     """A run folder's (or checkpoint's) recipe, model, tokenizer and task, on the accelerator's device."""
     recipe = load_recipe(find_recipe(folder))
     model, tokenizer = load_finetuned(str(folder))
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if recipe.task.type == "classification" else None
+    labels = (
+        [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if recipe.task.type == "classification"
+        else None
+    )
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
     return recipe, accelerator.prepare(model), tokenizer, build_task(recipe.task, labels), accelerator
 
@@ -112,7 +124,10 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     """`finetune predict`: label (with probabilities) or score every row of a jsonl or csv file."""
     recipe, model, tokenizer, task, accelerator = _load_run(folder)
     rows = _read_inputs(input_path, task)
-    features = [dict(tokenizer(*[r[c] for c in task.text_columns], truncation=True, max_length=recipe.data.max_length)) for r in rows]
+    features = [
+        dict(tokenizer(*[r[c] for c in task.text_columns], truncation=True, max_length=recipe.data.max_length))
+        for r in rows
+    ]
     loader = accelerator.prepare(_loader(features, tokenizer, recipe.train.eval_batch_size))
     logits, _ = predict_logits(model, loader, accelerator)
     records = [{**row, **pred} for row, pred in zip(rows, task.describe(logits), strict=True)]
@@ -134,5 +149,3 @@ def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
 
 def _loader(features: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
     return DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
-
-

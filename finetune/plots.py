@@ -24,8 +24,7 @@ def plot_training(run_dir: Path) -> Path | None:
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals],
-                     "o-", label="eval loss")
+        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
     ax_loss.set_xlabel("step"), ax_loss.set_ylabel("loss"), ax_loss.legend(loc="upper right")
     ax_lr = ax_loss.twinx()
     ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="grey", alpha=0.4)

@@ -88,15 +88,21 @@ def _check_data(recipe: Recipe, report: Report) -> None:
     for key, split in splits.items():
         if split not in source.files:
             raise FinetuneError(f"data.{key}: no split {split!r} (splits: {', '.join(source.files)})")
-    rows = {split: list(read_rows(source, split, source.format_of(split, recipe.data.format))) for split in splits.values()}
+    rows = {
+        split: list(read_rows(source, split, source.format_of(split, recipe.data.format))) for split in splits.values()
+    }
     for key, split in splits.items():
         if not rows[split]:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
         _check_columns(recipe, split, rows[split][0], source)
     if recipe.task.type == "classification":
-        report.labels = list(recipe.task.labels or infer_labels(r[recipe.task.label] for r in rows[recipe.data.train_split]))
+        report.labels = list(
+            recipe.task.labels or infer_labels(r[recipe.task.label] for r in rows[recipe.data.train_split])
+        )
         if len(report.labels) < 2:
-            raise FinetuneError(f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more")
+            raise FinetuneError(
+                f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more"
+            )
     for split in splits.values():
         _check_labels(recipe, split, rows[split], report)
 
@@ -104,7 +110,11 @@ def _check_data(recipe: Recipe, report: Report) -> None:
 def _check_columns(recipe: Recipe, split: str, first_row: dict, source: LocalTables) -> None:
     task = recipe.task
     wanted = {"task.text_a": task.text_a, "task.text_b": task.text_b, "task.label": task.label}
-    missing = [f"{key}: no column {column!r} in split {split!r}" for key, column in wanted.items() if column and column not in first_row]
+    missing = [
+        f"{key}: no column {column!r} in split {split!r}"
+        for key, column in wanted.items()
+        if column and column not in first_row
+    ]
     if missing:
         present = ", ".join(first_row)
         raise FinetuneError(*[f"{line} (columns: {present}; read from {source.origin})" for line in missing])

@@ -11,13 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 GLUE = SHARED_DATA / "glue"
 
-os.environ.update({
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "FINETUNE_DATA_MIRROR": str(SHARED_DATA),
-})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+        "FINETUNE_DATA_MIRROR": str(SHARED_DATA),
+    }
+)
 os.environ.pop("FINETUNE_MODEL_MIRROR", None)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,8 +32,14 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
     from finetune.mirrors import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MINILM).location)
-    sizes = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=256)
+    sizes = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     if kind == "bert":
         model = BertModel(BertConfig(**sizes))

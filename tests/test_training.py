@@ -14,10 +14,20 @@ from finetune import engine as engine_module
 
 
 def tiny_recipe(tmp_path: Path, model: Path, rows: Path, **train: object) -> Path:
-    settings = {"epochs": 30, "batch_size": 8, "lr": 1.0e-3, "warmup": 0, "eval_every": 40, "save_every": 1000,
-                "log_every": 4, **train}
+    settings = {
+        "epochs": 30,
+        "batch_size": 8,
+        "lr": 1.0e-3,
+        "warmup": 0,
+        "eval_every": 40,
+        "save_every": 1000,
+        "log_every": 4,
+        **train,
+    }
     lines = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in settings.items())
-    return recipe_file(tmp_path, f"""
+    return recipe_file(
+        tmp_path,
+        f"""
 model: {model}
 task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive]}}
 data:
@@ -27,7 +37,8 @@ data:
   reader: {{quoting: none}}
 train:
 {lines}
-""")
+""",
+    )
 
 
 @pytest.mark.parametrize("kind", ["tiny_bert", "tiny_electra"])
@@ -36,7 +47,9 @@ def test_tiny_models_overfit_32_examples(kind, request, tmp_path, sst2_rows):
     result = run_cli("train", tiny_recipe(tmp_path, model, sst2_rows), f"output_dir={tmp_path / 'run'}")
     assert result.exit_code == 0
     assert result.metrics["accuracy"] == 1.0  # evaluated on the same 32 training rows
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = [
+        r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "loss" in r
+    ]
     assert losses[-1] < losses[0] / 4
 
 
@@ -71,8 +84,17 @@ def _weights(run: Path) -> dict[str, list]:
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_bert, sst2_rows, monkeypatch):
     # 8 batches per epoch, 12 steps: the checkpoint at step 4 is mid-epoch, the run crosses an epoch.
-    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, max_steps=12, batch_size=4, eval_every=4,
-                         save_every=4, keep_checkpoints=5)
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_bert,
+        sst2_rows,
+        epochs=1,
+        max_steps=12,
+        batch_size=4,
+        eval_every=4,
+        save_every=4,
+        keep_checkpoints=5,
+    )
     full = run_cli("train", recipe, f"output_dir={tmp_path / 'full'}")
 
     original = engine_module.Engine._after_step
@@ -91,16 +113,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_bert, sst2_rows, mo
     resumed = run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}", "--resume")
 
     timing = {"train_runtime_s", "train_samples_per_second", "peak_rss_mb"}
-    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {k: v for k, v in full.metrics.items() if k not in timing}
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
+        k: v for k, v in full.metrics.items() if k not in timing
+    }
     assert _weights(tmp_path / "cut") == _weights(tmp_path / "full")
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [
+        r["step"] for r in map(json.loads, (tmp_path / "cut" / "log.jsonl").read_text().splitlines()) if "loss" in r
+    ]
     assert steps == sorted(set(steps))  # the log has no duplicated steps after the resume
 
 
 def test_eval_and_predict_agree_with_the_run(tmp_path, tiny_bert, sst2_rows):
     run = tmp_path / "run"
-    trained = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2, select_best=False,
-                                           save_every="epoch"), f"output_dir={run}")
+    trained = run_cli(
+        "train",
+        tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2, select_best=False, save_every="epoch"),
+        f"output_dir={run}",
+    )
     evaluated = run_cli("eval", run)
     assert evaluated.metrics["accuracy"] == trained.metrics["accuracy"]
     checkpoint = next((run / "checkpoints").iterdir())
@@ -123,19 +152,29 @@ def test_regression_on_real_stsb_pairs(tmp_path, tiny_bert):
     rows = (GLUE / "stsb" / "train.tsv").read_text().splitlines()[:33]
     data = tmp_path / "stsb.tsv"
     data.write_text("\n".join(rows) + "\n")
-    recipe = recipe_file(tmp_path, f"""
+    recipe = recipe_file(
+        tmp_path,
+        f"""
 model: {tiny_bert}
 task: {{type: regression, text_a: sentence1, text_b: sentence2, label: score}}
 data: {{files: {{train: {data}, fit: {data}}}, eval_split: fit, reader: {{quoting: none}}}}
 train: {{epochs: 40, batch_size: 8, lr: 3.0e-3, warmup: 0, save_every: 1000, eval_every: 80}}
-""")
+""",
+    )
     result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
     assert result.metrics["pearson"] > 0.8 and "spearman" in result.metrics
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path, tiny_bert, sst2_rows):
-    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=50, lr=1.0e-6, eval_every=4,
-                         early_stopping={"patience": 2, "min_delta": 0.5})
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_bert,
+        sst2_rows,
+        epochs=50,
+        lr=1.0e-6,
+        eval_every=4,
+        early_stopping={"patience": 2, "min_delta": 0.5},
+    )
     result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
     assert result.metrics["train_steps"] == 12  # evals at 4, 8, 12: no 0.5 gain after the first, so stop
     assert result.metrics["best_step"] == 4
@@ -143,9 +182,14 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path, tiny_bert, sst2_rows)
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_bert, sst2_rows):
     common = dict(epochs=1, group_by_length=False, max_grad_norm=0, eval_every=1000)
-    big = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=8, **common), f"output_dir={tmp_path / 'big'}")
-    accum = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=4, grad_accum=2, **common),
-                    f"output_dir={tmp_path / 'accum'}")
+    big = run_cli(
+        "train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=8, **common), f"output_dir={tmp_path / 'big'}"
+    )
+    accum = run_cli(
+        "train",
+        tiny_recipe(tmp_path, tiny_bert, sst2_rows, batch_size=4, grad_accum=2, **common),
+        f"output_dir={tmp_path / 'accum'}",
+    )
     assert big.metrics["train_steps"] == accum.metrics["train_steps"] == 4
     a, b = _weights(tmp_path / "big"), _weights(tmp_path / "accum")
     import numpy as np
@@ -155,16 +199,20 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_bert, sst2_
 
 
 def test_fp16_on_cpu_is_a_clear_error(tmp_path, tiny_bert, sst2_rows, capsys):
-    result = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows), "train.precision=fp16",
-                     f"output_dir={tmp_path / 'run'}")
+    result = run_cli(
+        "train", tiny_recipe(tmp_path, tiny_bert, sst2_rows), "train.precision=fp16", f"output_dir={tmp_path / 'run'}"
+    )
     assert result.exit_code == 2
     assert "train.precision: fp16 needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_bf16_trains_on_cpu(tmp_path, tiny_bert, sst2_rows):
-    result = run_cli("train", tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, precision="bf16"),
-                     f"output_dir={tmp_path / 'run'}")
+    result = run_cli(
+        "train",
+        tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, precision="bf16"),
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.exit_code == 0 and result.metrics["train_steps"] == 4
 
 

@@ -26,7 +26,9 @@ def schema_markdown() -> str:
         parts.append("| key | type | default | description |\n|---|---|---|---|")
         for name, field in model.model_fields.items():
             key = f"{path}.{name}" if path else name
-            parts.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {field.description or ''} |")
+            parts.append(
+                f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {field.description or ''} |"
+            )
     return "\n".join(parts) + "\n"
 
 
@@ -53,8 +55,11 @@ def _type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         bounds = {"Gt": ">", "Ge": ">="}
-        limits = [f" {bounds[type(m).__name__]} {getattr(m, 'gt', getattr(m, 'ge', ''))}"
-                  for m in annotation.__metadata__ if type(m).__name__ in bounds]
+        limits = [
+            f" {bounds[type(m).__name__]} {getattr(m, 'gt', getattr(m, 'ge', ''))}"
+            for m in annotation.__metadata__
+            if type(m).__name__ in bounds
+        ]
         return _type_name(args[0]) + "".join(limits)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)

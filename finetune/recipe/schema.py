@@ -55,9 +55,7 @@ class ModelSpec(Section):
     """The pretrained checkpoint to start from."""
 
     name: str = Field(description="Hub id (org/name) or local path (starting with ./, ../, / or ~) of the checkpoint.")
-    family: Family = Field(
-        "auto", description="Architecture family; auto reads it from the checkpoint's config."
-    )
+    family: Family = Field("auto", description="Architecture family; auto reads it from the checkpoint's config.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
     trust_remote_code: bool = Field(
         False, description="Run modelling code shipped with the checkpoint; off unless you trust its author."
@@ -75,7 +73,8 @@ class TaskSpec(Section):
     label: str = Field("label", description="Column holding the label (class name or id) or the regression target.")
     labels: list[str] | None = Field(
         None,
-        description="Class names in id order; integer labels index this list. Inferred from the train split when absent.",
+        description="Class names in id order; integer labels index this list. Inferred from the train split "
+        "when absent.",
     )
     metrics: list[MetricName] | None = Field(
         None,
@@ -130,7 +129,9 @@ class ReaderSpec(Section):
 class DataSpec(Section):
     """Where the examples come from and how they are cut."""
 
-    source: str | None = Field(None, description="Hub dataset id, e.g. nyu-mll/glue; resolved through FINETUNE_DATA_MIRROR when set.")
+    source: str | None = Field(
+        None, description="Hub dataset id, e.g. nyu-mll/glue; resolved through FINETUNE_DATA_MIRROR when set."
+    )
     subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
     files: dict[str, str] | None = Field(
         None, description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}."
@@ -219,7 +220,9 @@ class TrainSpec(Section):
 class Recipe(Section):
     """A complete fine-tuning job."""
 
-    name: str = Field("run", description="Run name; a recipe file's name when read from one. Runs go to runs/<name>/<timestamp>.")
+    name: str = Field(
+        "run", description="Run name; a recipe file's name when read from one. Runs go to runs/<name>/<timestamp>."
+    )
     description: str = Field("", description="What this recipe is for, in a sentence.")
     model: ModelSpec = Field(description="The pretrained checkpoint; a string is shorthand for model.name.")
     task: TaskSpec = Field(description="The task type and the columns it reads.")

@@ -22,7 +22,9 @@ class Classification(Task):
     def encode_label(self, value: Any, row: int) -> int:
         found = label_id(value, self.labels)
         if found is None:
-            raise FinetuneError(f"task.label: {value!r} in row {row} is not one of the classes ({', '.join(self.labels)})")
+            raise FinetuneError(
+                f"task.label: {value!r} in row {row} is not one of the classes ({', '.join(self.labels)})"
+            )
         return found
 
     def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
@@ -32,6 +34,9 @@ class Classification(Task):
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs = shifted / shifted.sum(axis=-1, keepdims=True)
         return [
-            {"label": self.labels[int(p.argmax())], "probabilities": {n: round(float(x), 6) for n, x in zip(self.labels, p)}}
+            {
+                "label": self.labels[int(p.argmax())],
+                "probabilities": {n: round(float(x), 6) for n, x in zip(self.labels, p)},
+            }
             for p in probs
         ]

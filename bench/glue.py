@@ -1,0 +1,50 @@
+"""Run GLUE recipes to completion and record metric, time and hardware under bench/results/.
+
+Usage: python bench/glue.py [RECIPE ...]   (default: the five MiniLM GLUE recipes)
+Each recipe runs as `finetune train RECIPE output_dir=runs/bench/<name> --overwrite`, one after another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = [f"recipes/glue/{t}-minilm.yaml" for t in ("sst2", "cola", "mrpc", "stsb", "rte")]
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run(recipe: str) -> dict:
+    name = Path(recipe).stem
+    out = REPO / "runs" / "bench" / name
+    command = ["finetune", "train", recipe, f"output_dir={out.relative_to(REPO)}", "--overwrite"]
+    start = time.perf_counter()
+    subprocess.run([str(REPO / ".venv" / "bin" / command[0]), *command[1:]], cwd=REPO, check=True)
+    wall = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"recipe": recipe, "command": " ".join(command), "wall_s": round(wall, 1), "hardware": hardware(), **metrics}
+
+
+def main(recipes: list[str]) -> None:
+    results_dir = REPO / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for recipe in recipes:
+        result = run(recipe)
+        (results_dir / f"{Path(recipe).stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or DEFAULT)

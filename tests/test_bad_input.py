@@ -1,0 +1,127 @@
+"""Bad input: one clear line per problem on stderr naming what and where, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import GLUE, REPO, recipe_file, run_cli
+
+SST2 = REPO / "recipes/glue/sst2-minilm.yaml"
+
+
+def local_recipe(
+    tmp_path: Path, train_text: str, dev_text: str | None = None, suffix: str = "tsv", extra: str = ""
+) -> Path:
+    train = tmp_path / f"train.{suffix}"
+    dev = tmp_path / f"dev.{suffix}"
+    train.write_bytes(train_text.encode("utf-8") if isinstance(train_text, str) else train_text)
+    dev.write_text(dev_text if dev_text is not None else "sentence\tlabel\ngood\t1\nbad\t0\n", encoding="utf-8")
+    return recipe_file(
+        tmp_path,
+        f"""
+model: sentence-transformers/all-MiniLM-L6-v2
+task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive]}}
+data: {{files: {{train: {train}, validation: {dev}}}}}
+output_dir: {tmp_path / "run"}
+{extra}""",
+    )
+
+
+def assert_clean_failure(result, capsys, tmp_path: Path, *expected: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 2
+    assert "Traceback" not in err
+    for text in expected:
+        assert any(text in line for line in lines), (text, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    path = recipe_file(tmp_path, "model: [a\n")
+    assert_clean_failure(run_cli("train", path), capsys, tmp_path, "malformed YAML")
+
+
+def test_unknown_key_and_wrong_type_together(tmp_path, capsys):
+    result = run_cli("train", SST2, "train.learning_rte=1", "train.epochs=two", f"output_dir={tmp_path / 'run'}")
+    assert_clean_failure(
+        result,
+        capsys,
+        tmp_path,
+        "train.learning_rte: unknown key; did you mean train.lr?",
+        "train.epochs: Input should be a valid number",
+    )
+
+
+def test_missing_recipe_file(tmp_path, capsys):
+    assert_clean_failure(run_cli("train", tmp_path / "nope.yaml"), capsys, tmp_path, "nope.yaml: recipe file not found")
+
+
+def test_missing_data_file(tmp_path, capsys):
+    path = local_recipe(tmp_path, "sentence\tlabel\nfine\t1\nawful\t0\n")
+    (tmp_path / "train.tsv").unlink()
+    assert_clean_failure(run_cli("train", path), capsys, tmp_path, "data.files.train: file not found")
+
+
+def test_missing_column_lists_the_columns(tmp_path, capsys):
+    path = local_recipe(tmp_path, "text\tlabel\nfine\t1\nawful\t0\n")
+    assert_clean_failure(
+        run_cli("train", path),
+        capsys,
+        tmp_path,
+        "task.text_a: no column 'sentence' in split 'train' (columns: text, label",
+    )
+
+
+def test_label_outside_the_declared_set(tmp_path, capsys):
+    path = local_recipe(tmp_path, "sentence\tlabel\nfine\tpositive\nawful\tneutral\n")
+    assert_clean_failure(
+        run_cli("train", path),
+        capsys,
+        tmp_path,
+        "task.label: 'neutral' in row 1 of split 'train' is not one of the classes (negative, positive)",
+    )
+
+
+def test_empty_split(tmp_path, capsys):
+    path = local_recipe(tmp_path, "sentence\tlabel\n")
+    assert_clean_failure(run_cli("train", path), capsys, tmp_path, "data.train_split: split 'train' is empty")
+
+
+def test_file_that_is_not_utf8(tmp_path, capsys):
+    path = local_recipe(tmp_path, "sentence\tlabel\ncaf\xe9 cr\xe8me\t1\n".encode("latin-1"))
+    assert_clean_failure(run_cli("train", path), capsys, tmp_path, "is not utf-8 text", "set data.reader.encoding")
+
+
+def test_model_path_that_does_not_exist(tmp_path, capsys):
+    result = run_cli("train", SST2, "model=./no/such/model", f"output_dir={tmp_path / 'run'}")
+    assert_clean_failure(result, capsys, tmp_path, "model.name: no such folder: ./no/such/model")
+
+
+def test_wrong_field_count_suggests_quoting(tmp_path, capsys):
+    path = local_recipe(tmp_path, 'sentence\tlabel\n"a quote\t1\nopens\t0\n')
+    assert_clean_failure(run_cli("train", path), capsys, tmp_path, "try data.reader.quoting: none")
+
+
+def test_console_script_exit_code_and_single_line(tmp_path):
+    env = {**os.environ, "FINETUNE_DATA_MIRROR": str(GLUE.parent)}
+    done = subprocess.run(
+        [str(REPO / ".venv/bin/finetune"), "validate", str(SST2), "--set", "task.text_a=sentnce"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"{SST2}: task.text_a: no column 'sentnce' in split 'train' "
+        "(columns: sentence, label; read from mirror of nyu-mll/glue)"
+    ]
+
+
+@pytest.mark.parametrize("path", [REPO / "recipes/glue/cola-minilm.yaml", REPO / "recipes/glue/rte-minilm.yaml"])
+def test_validate_ok(path, capsys):
+    assert run_cli("validate", path).exit_code == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
