@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> CliResult:
     """Run one command; user errors are printed one per line to stderr with exit code 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after flags (`train r.yaml --overwrite train.lr=1e-4`); argparse stops at the flag.
+    if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _configure_logging()
     try:
         return COMMANDS[args.command](args)

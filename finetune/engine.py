@@ -62,7 +62,10 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     # A second run in the same process (notebooks, tests) may ask for another precision; the
     # distributed state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum)
+    # cpu=True on a machine without an accelerator lets several launched processes form a gloo group.
+    return Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=not torch.accelerator.is_available()
+    )
 
 
 def check_precision(precision: str) -> None:

@@ -44,7 +44,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     accelerator = make_accelerator(recipe.train)
     tokenizer = load_tokenizer(recipe.model, report.model)
     task, tokenized = prepare_data(recipe, tokenizer)
-    run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume)
+    run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:
         write_recipe(run_dir, recipe)

@@ -8,6 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
 from finetune.errors import FinetuneError
 from finetune.recipe import Recipe, dump_recipe
 
@@ -18,9 +21,17 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
 
-def choose_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
+def choose_run_dir(recipe: Recipe, overwrite: bool, resume: bool, accelerator: Accelerator) -> Path:
     """The run folder: the recipe's output_dir or runs/<name>/<timestamp>; with --resume and no output_dir,
-    the newest run of this recipe that has a checkpoint."""
+    the newest run of this recipe that has a checkpoint. The main process decides and prepares it."""
+    chosen = [None]
+    if accelerator.is_main_process:
+        chosen = [_prepare_run_dir(recipe, overwrite, resume)]
+    accelerator.wait_for_everyone()
+    return Path(broadcast_object_list(chosen)[0])
+
+
+def _prepare_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
     if recipe.output_dir:
         path = Path(recipe.output_dir)
     elif resume:
