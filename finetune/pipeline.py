@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
@@ -68,13 +69,21 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "best_step": state.best_step,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **_peak_memory(),
     }
     if accelerator.is_main_process:
         write_json(run_dir / METRICS_FILE, metrics)
         plot_training(run_dir)
     accelerator.end_training()
     return RunResult(run_dir, metrics)
+
+
+def _peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process, and the GPU's peak allocation when there is one (MB)."""
+    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks
 
 
 def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, Any]:
@@ -92,45 +101,56 @@ def _collator(tokenizer: PreTrainedTokenizerBase, precision: str) -> DataCollato
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision != "no" else None)
 
 
-def _load_run(folder: Path) -> tuple[Recipe, Any, PreTrainedTokenizerBase, Task, Any]:
-    """A run folder's (or checkpoint's) recipe, model, tokenizer and task, on the accelerator's device."""
+@dataclass
+class LoadedRun:
+    """A finished run (or checkpoint) ready to score: its recipe, task, tokenizer and prepared model."""
+
+    recipe: Recipe
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    model: Any
+    accelerator: Any
+
+    def loader(self, features: Any) -> DataLoader:
+        collator = DataCollatorWithPadding(self.tokenizer)
+        loader = DataLoader(features, batch_size=self.recipe.train.eval_batch_size, collate_fn=collator)
+        return self.accelerator.prepare(loader)
+
+
+def load_run(folder: Path) -> LoadedRun:
+    """Load a run folder or one of its checkpoints onto this machine's device."""
     recipe = load_recipe(find_recipe(folder))
     model, tokenizer = load_finetuned(str(folder))
-    labels = (
-        [model.config.id2label[i] for i in range(model.config.num_labels)]
-        if recipe.task.type == "classification"
-        else None
-    )
+    labels = None
+    if recipe.task.type == "classification":
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
-    return recipe, accelerator.prepare(model), tokenizer, build_task(recipe.task, labels), accelerator
+    return LoadedRun(recipe, build_task(recipe.task, labels), tokenizer, accelerator.prepare(model), accelerator)
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
     """`finetune eval`: score a run folder or checkpoint on its recipe's evaluation split (or `split`)."""
-    recipe, model, tokenizer, task, accelerator = _load_run(folder)
-    split = split or recipe.data.eval_split
-    raw = data.load_raw(recipe.data, {"eval": split})
-    data.check_columns(raw, task)
-    raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
-    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)["eval"]
-    loader = accelerator.prepare(_loader(tokenized, tokenizer, recipe.train.eval_batch_size))
-    metrics = evaluate_model(model, loader, task, accelerator)
-    if accelerator.is_main_process:
+    run = load_run(folder)
+    split = split or run.recipe.data.eval_split
+    raw = data.load_raw(run.recipe.data, {"eval": split})
+    data.check_columns(raw, run.task)
+    raw = data.cap_splits(raw, run.recipe.data, run.recipe.train.seed)
+    tokenized = data.tokenize(raw, run.task, run.tokenizer, run.recipe.data.max_length)["eval"]
+    metrics = evaluate_model(run.model, run.loader(tokenized), run.task, run.accelerator)
+    if run.accelerator.is_main_process:
         write_json(folder / f"eval_{split}.json", metrics)
     return metrics
 
 
 def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> list[dict[str, Any]]:
-    """`finetune predict`: label (with probabilities) or score every row of a jsonl or csv file."""
-    recipe, model, tokenizer, task, accelerator = _load_run(folder)
-    rows = _read_inputs(input_path, task)
-    features = [
-        dict(tokenizer(*[r[c] for c in task.text_columns], truncation=True, max_length=recipe.data.max_length))
-        for r in rows
-    ]
-    loader = accelerator.prepare(_loader(features, tokenizer, recipe.train.eval_batch_size))
-    logits, _ = predict_logits(model, loader, accelerator)
-    records = [{**row, **pred} for row, pred in zip(rows, task.describe(logits), strict=True)]
+    """`finetune predict`: label (with probabilities) or score every row of a jsonl, json, csv or tsv file."""
+    run = load_run(folder)
+    rows = _read_inputs(input_path, run.task)
+    columns = {c: [r[c] for r in rows] for c in run.task.text_columns}
+    encoded = run.task.format(columns, run.tokenizer, run.recipe.data.max_length)
+    features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
+    logits, _ = predict_logits(run.model, run.loader(features), run.accelerator)
+    records = [{**row, **pred} for row, pred in zip(rows, run.task.describe(logits), strict=True)]
     if output_path is not None:
         output_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
@@ -145,7 +165,3 @@ def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
     if not rows or missing:
         raise FinetuneError(f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}" if rows else "has no rows"))
     return rows
-
-
-def _loader(features: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
-    return DataLoader(features, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
