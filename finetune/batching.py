@@ -9,6 +9,11 @@ from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 
+def example_length(input_ids: list) -> int:
+    """Tokens in one example: its sequence, or all of its sequences (orderings or candidates) together."""
+    return sum(map(len, input_ids)) if input_ids and isinstance(input_ids[0], list) else len(input_ids)
+
+
 class EpochSampler(Sampler[int]):
     """Shuffles with a generator seeded by (seed, epoch), so any epoch's order can be replayed on resume.
 
@@ -35,3 +40,40 @@ class EpochSampler(Sampler[int]):
         if self.lengths is None:
             return iter(torch.randperm(self.size, generator=generator).tolist())
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class GroupCollator:
+    """Pads examples that each hold several sequences (both orderings of a pair, or k candidates) to
+    (batch, k, length) tensors; `choice_mask` marks real candidates, padding repeats an example's first one.
+
+    >>> c = GroupCollator(pad_token_id=0)
+    >>> b = c([{"input_ids": [[5, 6], [7]], "attention_mask": [[1, 1], [1]], "labels": 1},
+    ...        {"input_ids": [[8]], "attention_mask": [[1]], "labels": 0}])
+    >>> b["input_ids"].tolist(), b["attention_mask"].tolist(), b["choice_mask"].tolist(), b["labels"].tolist()
+    ([[[5, 6], [7, 0]], [[8, 0], [8, 0]]], [[[1, 1], [1, 0]], [[1, 0], [1, 0]]], [[True, True], [True, False]], [1, 0])
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        groups = max(len(f["input_ids"]) for f in features)
+        length = max(len(seq) for f in features for seq in f["input_ids"])
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]]
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        batch = {
+            key: torch.tensor(
+                [[seq + [pads[key]] * (length - len(seq)) for seq in _fill(f[key], groups)] for f in features]
+            )  # (B, k, L)
+            for key in keys
+        }
+        batch["choice_mask"] = torch.tensor([[i < len(f["input_ids"]) for i in range(groups)] for f in features])
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        return batch
+
+
+def _fill(sequences: list[list[int]], groups: int) -> list[list[int]]:
+    return list(sequences) + [sequences[0]] * (groups - len(sequences))

@@ -146,7 +146,7 @@ def _validate(args: argparse.Namespace) -> CliResult:
         except FinetuneError as exc:
             problems, notes = exc.problems, []
         for problem in problems:
-            print(f"{path}: {problem}", file=sys.stderr)
+            print(problem if problem.startswith(str(path)) else f"{path}: {problem}", file=sys.stderr)
         for note in notes:
             print(f"{path}: note: {note}")
         if not problems:

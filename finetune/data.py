@@ -50,6 +50,8 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
             loaded[key] = load_dataset("json", data_files={split: path}, split=split, encoding=source.reader.encoding)
         else:
             loaded[key] = load_dataset("parquet", data_files={split: path}, split=split)
+        if source.flatten:
+            loaded[key] = loaded[key].flatten()
         renames = {k: v for k, v in source.rename.items() if k in loaded[key].column_names}
         loaded[key] = loaded[key].rename_columns(renames)
     return DatasetDict(loaded)
@@ -57,7 +59,7 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
 
 def _load_delimited(source: LocalTables, split: str, fmt: str, path: str) -> Dataset:
     reader = source.reader
-    first = next(read_rows(LocalTables(source.files, reader, {}, source.origin), split, fmt), None)
+    first = next(read_rows(LocalTables(source.files, reader, {}, source.origin, False), split, fmt), None)
     if first is None:
         raise FinetuneError(f"data.files.{split}: {path} has no rows")
     # Every column as text: pandas would otherwise guess types chunk by chunk and turn "NA" into a missing value.
@@ -79,7 +81,7 @@ def _load_delimited(source: LocalTables, split: str, fmt: str, path: str) -> Dat
 
 def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
     """The class names: the recipe's, the dataset's ClassLabel names, or the sorted training values."""
-    if recipe.task.type != "classification":
+    if not recipe.task.has_classes:
         return None
     if recipe.task.labels:
         return list(recipe.task.labels)
@@ -157,4 +159,6 @@ def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: i
     """Log a few formatted examples decoded back to text, so a broken layout shows up at once."""
     for index in range(min(count, len(tokenized))):
         row = tokenized[index]
-        log.info("sample %d: %s | label %s", index, tokenizer.decode(row["input_ids"]), row.get("labels"))
+        ids = row["input_ids"]
+        texts = [tokenizer.decode(seq) for seq in ids] if ids and isinstance(ids[0], list) else [tokenizer.decode(ids)]
+        log.info("sample %d: %s | label %s", index, " || ".join(texts), row.get("labels"))

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from finetune.batching import EpochSampler
+from finetune.batching import EpochSampler, example_length
 from finetune.errors import FinetuneError
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.recipe.schema import TrainSpec
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 Evaluate = Callable[[torch.nn.Module, DataLoader], dict[str, float]]
+Forward = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor | None, torch.Tensor]]
 
 
 @dataclass
@@ -91,13 +92,14 @@ class Engine:
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         collator: Callable,
+        forward: Forward,
         train_set: Dataset,
         eval_set: Dataset,
         evaluate: Evaluate,
         resume_from: Path | None,
     ) -> None:
         set_seed(self.spec.seed)
-        self.tokenizer, self.evaluate = tokenizer, evaluate
+        self.tokenizer, self.forward, self.evaluate = tokenizer, forward, evaluate
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.sampler, train_loader = self._setup_train_loader(train_set, collator)
@@ -128,7 +130,7 @@ class Engine:
         )
 
     def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[EpochSampler, DataLoader]:
-        lengths = [len(ids) for ids in train_set["input_ids"]] if self.spec.group_by_length else None
+        lengths = [example_length(ids) for ids in train_set["input_ids"]] if self.spec.group_by_length else None
         sampler = EpochSampler(len(train_set), self.spec.seed, lengths, self.spec.batch_size)
         # Its own generator: creating a loader iterator must not draw from the global RNG (dropout),
         # or a resumed run would see different dropout masks than an uninterrupted one.
@@ -178,7 +180,7 @@ class Engine:
             )
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    loss, _ = self.forward(self.model, batch)
                     acc.backward(loss)
                     if acc.sync_gradients and spec.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)

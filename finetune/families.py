@@ -33,7 +33,13 @@ DECODER_TYPES = {
 ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "longt5"}
 
 # Families each task type runs on today.
-SUPPORTED_FAMILIES = {"classification": {"encoder"}, "regression": {"encoder"}}
+SUPPORTED_FAMILIES = {
+    "classification": {"encoder"},
+    "regression": {"encoder"},
+    "entailment": {"encoder"},
+    "similarity": {"encoder"},
+    "multiple_choice": {"encoder"},
+}
 
 
 def read_config(location: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ LAYOUT_ROWS = ("token_type_ids", "attention_mask")
 
 def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTokenizerBase, task: Task) -> str:
     """One example: a header with its label, then columns of token / token type / attention, wrapped to the terminal.
+    An example of several sequences (similarity's two orderings, multiple choice's candidates) shows each in turn.
 
     >>> example = {"input_ids": [101, 7592, 102], "attention_mask": [1, 1, 1], "labels": 1}
     >>> print(render_example(0, example, tok, task))  # doctest: +SKIP
@@ -21,23 +22,35 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
       token     [CLS] hello [SEP]
       attention 1     1     1
     """
-    tokens = tokenizer.convert_ids_to_tokens(features["input_ids"])
-    rows = {"token": tokens}
-    rows.update(
-        {
-            name.removesuffix("_ids").replace("attention_mask", "attention"): features[name]
-            for name in LAYOUT_ROWS
+    width = shutil.get_terminal_size((120, 20)).columns
+    ids = features["input_ids"]
+    grouped = bool(ids) and isinstance(ids[0], list)
+    sequences = range(len(ids)) if grouped else [None]
+    sizes = [len(ids[i]) for i in sequences] if grouped else [len(ids)]
+    lines = [f"example {index}: {' + '.join(map(str, sizes))} tokens, {_label_text(features.get('labels'), task)}"]
+    for i in sequences:
+        layout = {
+            name: features[name] if i is None else features[name][i]
+            for name in ("input_ids", *LAYOUT_ROWS)
             if name in features
         }
-    )
-    lines = [f"example {index}: {len(tokens)} tokens, {_label_text(features.get('labels'), task)}"]
-    lines += _columns(rows, width=shutil.get_terminal_size((120, 20)).columns)
+        if grouped:
+            lines.append(f" {_group_name(task)} {i}:")
+        rows = {"token": tokenizer.convert_ids_to_tokens(layout.pop("input_ids"))}
+        rows.update({name.removesuffix("_ids").replace("attention_mask", "attention"): v for name, v in layout.items()})
+        lines += _columns(rows, width=width)
     return "\n".join(lines)
+
+
+def _group_name(task: Task) -> str:
+    return "candidate" if task.name == "multiple_choice" else "ordering"
 
 
 def _label_text(label: Any, task: Task) -> str:
     if label is None:
         return "no label"
+    if task.name == "multiple_choice":
+        return f"answer: candidate {int(label)}"
     if task.labels:
         return f"label {task.labels[int(label)]} (id {int(label)})"
     return f"target {label}"

@@ -76,6 +76,7 @@ class MirroredDataset:
     files: dict[str, Path]
     reader: dict[str, Any] = field(default_factory=dict)
     rename: dict[str, str] = field(default_factory=dict)
+    flatten: bool = False
 
 
 def resolve_dataset(source: str, subset: str | None) -> MirroredDataset | None:
@@ -93,7 +94,9 @@ def resolve_dataset(source: str, subset: str | None) -> MirroredDataset | None:
     if config is None:
         return None
     files = {split: Path(root) / rel for split, rel in config["files"].items()}
-    return MirroredDataset(files, dict(config.get("reader", {})), dict(config.get("rename", {})))
+    return MirroredDataset(
+        files, dict(config.get("reader", {})), dict(config.get("rename", {})), bool(config.get("flatten", False))
+    )
 
 
 def _mirror_index(root: Path) -> dict[str, Any]:

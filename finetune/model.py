@@ -6,7 +6,6 @@ import logging
 
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -40,7 +39,7 @@ def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrai
         config = AutoConfig.from_pretrained(
             resolved.location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **head
         )
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = task.model_class.from_pretrained(
             resolved.location, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
@@ -55,10 +54,10 @@ def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrai
     return model
 
 
-def load_finetuned(folder: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model and tokenizer saved by a run (its folder or one of its checkpoints)."""
     try:
-        return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        return model_class.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {_first_line(exc)}") from None
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.engine import Engine, make_accelerator
@@ -55,7 +55,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     engine.setup(
         model,
         tokenizer,
-        _collator(tokenizer, accelerator.mixed_precision),
+        task.collator(tokenizer, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None),
+        task.forward,
         tokenized["train"],
         tokenized["eval"],
         lambda m, loader: evaluate_model(m, loader, task, accelerator),
@@ -96,11 +97,6 @@ def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> tuple[Ta
     return task, tokenized
 
 
-def _collator(tokenizer: PreTrainedTokenizerBase, precision: str) -> DataCollatorWithPadding:
-    # Multiples of 8 feed tensor cores under mixed precision; on fp32 exact lengths are cheaper.
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision != "no" else None)
-
-
 @dataclass
 class LoadedRun:
     """A finished run (or checkpoint) ready to score: its recipe, task, tokenizer and prepared model."""
@@ -112,7 +108,7 @@ class LoadedRun:
     accelerator: Any
 
     def loader(self, features: Any) -> DataLoader:
-        collator = DataCollatorWithPadding(self.tokenizer)
+        collator = self.task.collator(self.tokenizer, pad_to_multiple_of=None)
         loader = DataLoader(features, batch_size=self.recipe.train.eval_batch_size, collate_fn=collator)
         return self.accelerator.prepare(loader)
 
@@ -120,9 +116,9 @@ class LoadedRun:
 def load_run(folder: Path) -> LoadedRun:
     """Load a run folder or one of its checkpoints onto this machine's device."""
     recipe = load_recipe(find_recipe(folder))
-    model, tokenizer = load_finetuned(str(folder))
+    model, tokenizer = load_finetuned(str(folder), build_task(recipe.task, None).model_class)
     labels = None
-    if recipe.task.type == "classification":
+    if recipe.task.has_classes:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
     return LoadedRun(recipe, build_task(recipe.task, labels), tokenizer, accelerator.prepare(model), accelerator)
@@ -146,10 +142,10 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     """`finetune predict`: label (with probabilities) or score every row of a jsonl, json, csv or tsv file."""
     run = load_run(folder)
     rows = _read_inputs(input_path, run.task)
-    columns = {c: [r[c] for r in rows] for c in run.task.text_columns}
+    columns = {c: [r.get(c) for r in rows] for c in rows[0]}
     encoded = run.task.format(columns, run.tokenizer, run.recipe.data.max_length)
     features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
-    logits, _ = predict_logits(run.model, run.loader(features), run.accelerator)
+    logits, _ = predict_logits(run.model, run.loader(features), run.task, run.accelerator)
     records = [{**row, **pred} for row, pred in zip(rows, run.task.describe(logits), strict=True)]
     if output_path is not None:
         output_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -161,7 +157,7 @@ def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
     if fmt is None:
         raise FinetuneError(f"--input: {path.name} is not .jsonl, .json, .csv or .tsv")
     rows = list(read_rows(LocalTables({"input": path}, ReaderSpec(), {}, "--input"), "input", fmt))
-    missing = [c for c in task.text_columns if rows and c not in rows[0]]
+    missing = [c for c in task.text_fields if rows and c not in rows[0]]
     if not rows or missing:
         raise FinetuneError(f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}" if rows else "has no rows"))
     return rows

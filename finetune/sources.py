@@ -28,6 +28,7 @@ class LocalTables:
     reader: ReaderSpec
     rename: dict[str, str]
     origin: str
+    flatten: bool = False
 
     def format_of(self, split: str, declared: str = "auto") -> str:
         """The file format of one split: the declared one, else the file's extension."""
@@ -62,7 +63,7 @@ def resolve_source(spec: DataSpec) -> LocalTables | HubDataset:
     if mirrored is None:
         return HubDataset(spec.source, spec.subset)
     reader = ReaderSpec.model_validate({**spec.reader.model_dump(exclude_defaults=True), **mirrored.reader})
-    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {spec.source}")
+    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {spec.source}", mirrored.flatten)
 
 
 def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, Any]]:
@@ -73,12 +74,24 @@ def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, A
     rows = _read_table(path, fmt, tables)
     try:
         for row in rows:
+            row = flatten_row(row) if tables.flatten else row
             yield {tables.rename.get(k, k): v for k, v in row.items()}
     except UnicodeDecodeError as exc:
         raise FinetuneError(
             f"data.files.{split}: {path} is not {tables.reader.encoding} text (byte {exc.start}); "
             "set data.reader.encoding"
         ) from None
+
+
+def flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested records as dotted keys, as `datasets.Dataset.flatten` does: {"q": {"stem": s}} -> {"q.stem": s}."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(flatten_row(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _read_table(path: Path, fmt: str, tables: LocalTables) -> Iterator[dict[str, Any]]:

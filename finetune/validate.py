@@ -11,9 +11,10 @@ from pathlib import Path
 
 from finetune.errors import FinetuneError
 from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config
+from finetune.fields import answer_index, candidates_of, get_field, task_fields
 from finetune.labels import infer_labels, label_id, regression_target
 from finetune.mirrors import DATA_MIRROR_ENV, ResolvedModel, resolve_model
-from finetune.recipe.schema import Recipe
+from finetune.recipe.schema import Recipe, TaskSpec
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 
 MAX_REPORTED_ROWS = 3  # bad label values reported per split before the rest are counted
@@ -95,9 +96,9 @@ def _check_data(recipe: Recipe, report: Report) -> None:
         if not rows[split]:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
         _check_columns(recipe, split, rows[split][0], source)
-    if recipe.task.type == "classification":
+    if recipe.task.has_classes:
         report.labels = list(
-            recipe.task.labels or infer_labels(r[recipe.task.label] for r in rows[recipe.data.train_split])
+            recipe.task.labels or infer_labels(_value(r, recipe.task.label) for r in rows[recipe.data.train_split])
         )
         if len(report.labels) < 2:
             raise FinetuneError(
@@ -108,27 +109,47 @@ def _check_data(recipe: Recipe, report: Report) -> None:
 
 
 def _check_columns(recipe: Recipe, split: str, first_row: dict, source: LocalTables) -> None:
-    task = recipe.task
-    wanted = {"task.text_a": task.text_a, "task.text_b": task.text_b, "task.label": task.label}
-    missing = [
-        f"{key}: no column {column!r} in split {split!r}"
-        for key, column in wanted.items()
-        if column and column not in first_row
-    ]
+    missing = []
+    for key, path in task_fields(recipe.task).items():
+        try:
+            get_field(first_row, path)
+        except KeyError:
+            missing.append(f"{key}: no column {path!r} in split {split!r}")
     if missing:
         present = ", ".join(first_row)
         raise FinetuneError(*[f"{line} (columns: {present}; read from {source.origin})" for line in missing])
 
 
 def _check_labels(recipe: Recipe, split: str, rows: list[dict], report: Report) -> None:
-    column = recipe.task.label
-    if recipe.task.type == "classification":
-        bad = [(n, r[column]) for n, r in enumerate(rows) if label_id(r[column], report.labels) is None]
+    task = recipe.task
+    if task.type == "multiple_choice":
+        bad = [(n, _value(r, task.label)) for n, r in enumerate(rows) if _answer(r, task) is None]
+        expected = "not one of the row's candidates (by name or index)"
+    elif task.has_classes:
+        bad = [
+            (n, _value(r, task.label))
+            for n, r in enumerate(rows)
+            if label_id(_value(r, task.label), report.labels) is None
+        ]
         expected = f"not one of the classes ({', '.join(report.labels)})"
     else:
-        bad = [(n, r[column]) for n, r in enumerate(rows) if regression_target(r[column]) is None]
+        bad = [
+            (n, _value(r, task.label)) for n, r in enumerate(rows) if regression_target(_value(r, task.label)) is None
+        ]
         expected = "not a number"
     for number, value in bad[:MAX_REPORTED_ROWS]:
         report.problems.append(f"task.label: {value!r} in row {number} of split {split!r} is {expected}")
     if len(bad) > MAX_REPORTED_ROWS:
         report.problems.append(f"task.label: {len(bad) - MAX_REPORTED_ROWS} more bad labels in split {split!r}")
+
+
+def _answer(row: dict, task: TaskSpec) -> int | None:
+    texts, names = candidates_of(row, task)
+    return answer_index(_value(row, task.label), names, len(texts))
+
+
+def _value(row: dict, path: str) -> object:
+    try:
+        return get_field(row, path)
+    except KeyError:
+        return None

@@ -62,13 +62,17 @@ def tiny_electra(tmp_path_factory) -> Path:
     return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-electra"), "electra")
 
 
+def sample_file(folder: Path, source: Path, lines: int) -> Path:
+    """The first `lines` lines of a real data file (header included), copied into `folder`."""
+    path = folder / f"sample{''.join(source.suffixes)}"
+    path.write_text("\n".join(source.read_text(encoding="utf-8-sig").splitlines()[:lines]) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture()
 def sst2_rows(tmp_path) -> Path:
     """The first 32 real SST-2 training rows as a TSV file, with both classes present."""
-    lines = (GLUE / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[:33]
-    path = tmp_path / "sst2-32.tsv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 33)
 
 
 def recipe_file(folder: Path, text: str, name: str = "recipe.yaml") -> Path:

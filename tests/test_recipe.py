@@ -44,7 +44,11 @@ def test_every_problem_is_reported_at_once():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["task.type=regression"], "task.labels: a regression task has no class list"),
+        (["task.type=regression"], "task.labels: a score has no class list"),
+        (["task.type=multiple_choice"], "task.choices: multiple_choice needs the candidate columns"),
+        (["task.type=entailment"], "task.text_b: task type entailment reads a pair"),
+        (["task.target=score"], "task.target: only similarity chooses its target"),
+        (["task.context=q"], "task.context: only applies to task type multiple_choice"),
         (["task.text_b=sentence"], "task.text_b: names the same column as task.text_a"),
         (["data.eval_split=train"], "data.eval_split: evaluating on the training split"),
         (["data.files={train: a.csv}"], "data: give exactly one of data.source"),

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import GLUE, REPO, run_cli, sample_file
 
-GLUE_RECIPES = sorted((REPO / "recipes/glue").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 TINY_BUDGET = [
     "train.max_steps=2",
     "data.max_train_samples=32",
@@ -19,7 +19,7 @@ TINY_BUDGET = [
 ]
 
 
-@pytest.mark.parametrize("path", GLUE_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_runs_with_a_tiny_budget(path, tmp_path, tiny_bert, tiny_electra):
     stand_in = {"bert-base": tiny_bert, "electra-small": tiny_electra, "electra-base": tiny_electra}
     model = next((f"model={folder}" for key, folder in stand_in.items() if path.stem.endswith(key)), None)
@@ -53,9 +53,7 @@ def test_inspect_shows_tokens_layout_and_label(capsys):
 
 def test_two_processes_under_accelerate_launch(tmp_path, tiny_bert):
     """The same recipe, unchanged, under `accelerate launch` with two CPU processes."""
-    rows = (REPO.parent / "shared/data/glue/sst2/train.tsv").read_text().splitlines()[:65]
-    data = tmp_path / "sst2.tsv"
-    data.write_text("\n".join(rows) + "\n")
+    data = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 65)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
 model: {tiny_bert}

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import GLUE, recipe_file, run_cli
+from conftest import GLUE, recipe_file, run_cli, sample_file
 from safetensors.torch import load_file
 
 from finetune import engine as engine_module
@@ -149,9 +149,7 @@ def test_eval_and_predict_agree_with_the_run(tmp_path, tiny_bert, sst2_rows):
 
 
 def test_regression_on_real_stsb_pairs(tmp_path, tiny_bert):
-    rows = (GLUE / "stsb" / "train.tsv").read_text().splitlines()[:33]
-    data = tmp_path / "stsb.tsv"
-    data.write_text("\n".join(rows) + "\n")
+    data = sample_file(tmp_path, GLUE / "stsb" / "train.tsv", 33)
     recipe = recipe_file(
         tmp_path,
         f"""

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-TaskType = Literal["classification", "regression"]
+TaskType = Literal["classification", "regression", "entailment", "similarity", "multiple_choice"]
+PAIR_TYPES = ("entailment", "similarity")
 Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
 MetricName = Literal["accuracy", "f1", "matthews_correlation", "pearson", "spearman"]
 DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
@@ -42,6 +43,9 @@ KEY_ALIASES: dict[str, str] = {
 DEFAULT_METRICS: dict[str, list[str]] = {
     "classification": ["accuracy"],
     "regression": ["pearson", "spearman"],
+    "entailment": ["accuracy"],
+    "similarity": ["accuracy"],
+    "multiple_choice": ["accuracy"],
 }
 
 
@@ -63,29 +67,85 @@ class ModelSpec(Section):
 
 
 class TaskSpec(Section):
-    """What is predicted from which columns."""
+    """What is predicted from which columns. Column names may be dotted paths into nested records (question.stem)."""
 
-    type: TaskType = Field(description="classification (one label per example) or regression (one float).")
-    text_a: str = Field(description="Column holding the text (the first text of a pair).")
-    text_b: str | None = Field(
-        None, description="Column holding the second text of a pair, encoded with the tokenizer's pair encoding."
+    type: TaskType = Field(
+        description="classification (a text or pair to a class), regression (to a number), entailment (an ordered "
+        "pair to a class), similarity (an unordered pair, both orderings summed), multiple_choice (the right answer "
+        "among candidates)."
     )
-    label: str = Field("label", description="Column holding the label (class name or id) or the regression target.")
+    text_a: str | None = Field(None, description="Column holding the text, or the first text (premise) of a pair.")
+    text_b: str | None = Field(None, description="Column holding the second text (hypothesis) of a pair.")
+    label: str = Field(
+        "label", description="Column holding the label (class name or id), the target number, or the right answer."
+    )
     labels: list[str] | None = Field(
         None,
         description="Class names in id order; integer labels index this list. Inferred from the train split "
         "when absent.",
     )
+    target: Literal["class", "score"] = Field(
+        "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
+    )
+    context: str | None = Field(None, description="multiple_choice: column holding the context or question.")
+    context_template: str | None = Field(
+        None,
+        description="multiple_choice: the context built from the row instead, e.g. "
+        "'{premise} What was the {question}?'; fields in braces, nested ones as {question[stem]}.",
+    )
+    choices: list[str] | str | None = Field(
+        None,
+        description="multiple_choice: a list of columns, one per candidate ([choice1, choice2]), or one column "
+        "holding a list of candidates (question.choices).",
+    )
+    choice_text: str | None = Field(
+        None, description="multiple_choice: key of the text inside each candidate, when candidates are records."
+    )
+    choice_label: str | None = Field(
+        None, description="multiple_choice: key of each candidate's name (A, B, ...) that the label column names."
+    )
     metrics: list[MetricName] | None = Field(
         None,
-        description="Metrics reported at evaluation, the first one selects the best checkpoint. "
-        "Default: accuracy (classification), pearson and spearman (regression).",
+        description="Metrics reported at evaluation, the first one selects the best checkpoint. Default: accuracy; "
+        "pearson and spearman for regression and similarity scores.",
     )
 
     @model_validator(mode="after")
-    def _regression_has_no_classes(self) -> TaskSpec:
-        if self.type == "regression" and self.labels is not None:
-            raise ValueError("task.labels: a regression task has no class list; remove it or use type: classification")
+    def _columns_for_the_type(self) -> TaskSpec:
+        if self.type != "multiple_choice" and self.text_a is None:
+            raise ValueError(f"task.text_a: task type {self.type} needs the text column")
+        if self.type in PAIR_TYPES and self.text_b is None:
+            raise ValueError(f"task.text_b: task type {self.type} reads a pair; name the second text's column")
+        if self.text_b is not None and self.text_b == self.text_a:
+            raise ValueError("task.text_b: names the same column as task.text_a")
+        return self
+
+    @model_validator(mode="after")
+    def _multiple_choice_fields(self) -> TaskSpec:
+        choice_fields = ("context", "context_template", "choices", "choice_text", "choice_label")
+        if self.type != "multiple_choice":
+            used = [f for f in choice_fields if getattr(self, f) is not None]
+            if used:
+                raise ValueError(f"task.{used[0]}: only applies to task type multiple_choice")
+            return self
+        if self.choices is None:
+            raise ValueError("task.choices: multiple_choice needs the candidate columns")
+        if (self.context is None) == (self.context_template is None):
+            raise ValueError("task.context: multiple_choice needs exactly one of task.context or task.context_template")
+        if self.text_a is not None or self.text_b is not None:
+            raise ValueError("task.text_a: multiple_choice reads task.context and task.choices instead")
+        if self.labels is not None:
+            raise ValueError("task.labels: multiple_choice labels name the right candidate; remove the class list")
+        if isinstance(self.choices, list) and (self.choice_text or self.choice_label):
+            raise ValueError("task.choice_text: applies when task.choices names one column holding a list")
+        return self
+
+    @model_validator(mode="after")
+    def _scores_have_no_classes(self) -> TaskSpec:
+        if self.target == "score" and self.type != "similarity":
+            raise ValueError("task.target: only similarity chooses its target; use type: regression for scores")
+        if self.predicts_score and self.labels is not None:
+            raise ValueError("task.labels: a score has no class list; remove it or predict classes")
         return self
 
     @model_validator(mode="after")
@@ -96,16 +156,21 @@ class TaskSpec(Section):
             raise ValueError("task.labels: a classification task needs at least two classes")
         return self
 
-    @model_validator(mode="after")
-    def _pair_columns_differ(self) -> TaskSpec:
-        if self.text_b is not None and self.text_b == self.text_a:
-            raise ValueError("task.text_b: names the same column as task.text_a")
-        return self
+    @property
+    def predicts_score(self) -> bool:
+        """A regression head (one number), not classes or candidates."""
+        return self.type == "regression" or (self.type == "similarity" and self.target == "score")
+
+    @property
+    def has_classes(self) -> bool:
+        return not self.predicts_score and self.type != "multiple_choice"
 
     @property
     def metric_names(self) -> list[str]:
         """The metrics to report, the recipe's or the task type's default."""
-        return list(self.metrics or DEFAULT_METRICS[self.type])
+        if self.metrics:
+            return list(self.metrics)
+        return list(DEFAULT_METRICS["regression" if self.predicts_score else self.type])
 
 
 class ReaderSpec(Section):

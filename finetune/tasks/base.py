@@ -1,20 +1,33 @@
-"""What every task type shares: the columns it reads and how one or two texts become model inputs."""
+"""What every task type shares: the fields it reads, formatting rows into model inputs, the forward pass."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from finetune.fields import get_field, task_fields
 from finetune.recipe.schema import TaskSpec
 
 
+def batch_rows(batch: dict[str, list]) -> list[dict[str, Any]]:
+    """A `datasets` batch (columns of values) as a list of rows."""
+    return [dict(zip(batch, values)) for values in zip(*batch.values())]
+
+
 class Task:
-    """A task type: formats raw examples, encodes labels, and turns model outputs into predictions."""
+    """A task type: formats raw rows, encodes labels, runs the model, and turns outputs into predictions.
+
+    Text tasks encode one text, or a pair with the tokenizer's own pair encoding: for BERT-style
+    encoders that is GPT-1's layout with the model's own tokens, `[CLS] a [SEP] b [SEP]`.
+    """
 
     name: str
     problem_type: str
+    model_class = AutoModelForSequenceClassification
 
     def __init__(self, spec: TaskSpec, labels: list[str] | None) -> None:
         self.spec = spec
@@ -25,13 +38,14 @@ class Task:
         raise NotImplementedError
 
     @property
-    def text_columns(self) -> list[str]:
-        return [c for c in (self.spec.text_a, self.spec.text_b) if c]
+    def columns(self) -> list[str]:
+        """The top-level raw columns this task reads."""
+        return list(dict.fromkeys(path.split(".")[0] for path in task_fields(self.spec).values()))
 
     @property
-    def columns(self) -> list[str]:
-        """The raw columns this task reads, the label last."""
-        return [*self.text_columns, self.spec.label]
+    def text_fields(self) -> list[str]:
+        """The fields a prediction input must have (everything but the label)."""
+        return [c for c in self.columns if c != self.spec.label.split(".")[0]]
 
     @property
     def metric_names(self) -> list[str]:
@@ -40,24 +54,50 @@ class Task:
     def encode_label(self, value: Any, row: int) -> int | float:
         raise NotImplementedError
 
-    def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
-        """Tokenize a batch of raw rows (the tokenizer's own single or pair encoding) and attach `labels`.
+    def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
+        """One row's text (or pair) as token ids, token types and attention mask."""
+        texts = [str(get_field(row, path)) for path in (self.spec.text_a, self.spec.text_b) if path]
+        return dict(tokenizer(*texts, truncation=True, max_length=max_length))
 
-        >>> from transformers import BertTokenizerFast  # doctest: +SKIP
+    def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
+        """Tokenize a batch of raw rows and attach `labels` when the rows have them.
+
         >>> task.format({"sentence": ["a fine film"], "label": ["1"]}, tok, 8)  # doctest: +SKIP
         {'input_ids': [[101, 1037, 2986, 2143, 102]], 'token_type_ids': [[0, 0, 0, 0, 0]],
          'attention_mask': [[1, 1, 1, 1, 1]], 'labels': [1]}
         """
-        texts = [batch[c] for c in self.text_columns]
-        features = dict(tokenizer(*texts, truncation=True, max_length=max_length))
-        if self.spec.label in batch:
-            features["labels"] = [self.encode_label(v, i) for i, v in enumerate(batch[self.spec.label])]
+        rows = batch_rows(batch)
+        encoded = [self.encode_texts(row, tokenizer, max_length) for row in rows]
+        features = {key: [e[key] for e in encoded] for key in encoded[0]} if encoded else {}
+        if rows and self.spec.label.split(".")[0] in rows[0]:
+            features["labels"] = [self.encode_label(get_field(r, self.spec.label), i) for i, r in enumerate(rows)]
         return features
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> Any:
+        """Pads a list of formatted examples into a batch of tensors."""
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def forward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(loss, logits) for a batch; the loss is None when the batch has no labels."""
+        output = model(**batch)
+        return output.get("loss"), output.logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss from outputs and labels (used on gathered evaluation outputs)."""
+        return F.cross_entropy(logits, labels.long())
 
     def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
         """Predictions in the form the metrics compare with the labels."""
-        raise NotImplementedError
+        return logits.argmax(axis=-1)
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         """One readable prediction record per example, for `finetune predict`."""
         raise NotImplementedError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax; -inf (masked) entries get probability 0."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -1,10 +1,12 @@
-"""Regression: one float per text or text pair (e.g. STS-B similarity 0-5); a single output, MSE loss."""
+"""Regression: a text or pair to one number (e.g. STS-B similarity 0-5); a single output, MSE loss."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from finetune.errors import FinetuneError
 from finetune.labels import regression_target
@@ -24,6 +26,9 @@ class Regression(Task):
         if target is None:
             raise FinetuneError(f"task.label: {value!r} in row {row} is not a number")
         return target
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits.reshape(-1), labels.float())
 
     def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
         return logits.reshape(-1)

@@ -1,0 +1,84 @@
+"""Reading a task's fields out of one raw row: dotted paths into nested records, templates, candidates.
+
+Torch-free: `finetune validate` uses the same functions as formatting, so what validates is what runs.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from finetune.errors import FinetuneError
+from finetune.recipe.schema import TaskSpec
+
+
+def get_field(row: dict[str, Any], path: str) -> Any:
+    """`row["question"]["stem"]` for the path `question.stem`; KeyError when a part is missing."""
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(path)
+        value = value[part]
+    return value
+
+
+def template_fields(template: str) -> list[str]:
+    """The row fields a template reads, as dotted paths: '{question[stem]}' reads question.stem."""
+    paths = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name:
+            head, *keys = name.replace("]", "").split("[")
+            paths.append(".".join([head, *keys]))
+    return paths
+
+
+def task_fields(spec: TaskSpec) -> dict[str, str]:
+    """Recipe key -> the field path it reads, for every field this task needs in every row."""
+    fields = {"task.text_a": spec.text_a, "task.text_b": spec.text_b, "task.label": spec.label}
+    if spec.type == "multiple_choice":
+        fields["task.context"] = spec.context
+        for path in template_fields(spec.context_template or ""):
+            fields[f"task.context_template ({{{path}}})"] = path
+        choices = [spec.choices] if isinstance(spec.choices, str) else spec.choices
+        fields.update({f"task.choices[{i}]": column for i, column in enumerate(choices)})
+    return {key: path for key, path in fields.items() if path}
+
+
+def context_of(row: dict[str, Any], spec: TaskSpec) -> str:
+    """The multiple-choice context: the context column, or the template filled from the row."""
+    if spec.context is not None:
+        return str(get_field(row, spec.context))
+    try:
+        return spec.context_template.format_map(row)
+    except (KeyError, IndexError, TypeError) as exc:
+        raise FinetuneError(f"task.context_template: the row has no field {exc}") from None
+
+
+def candidates_of(row: dict[str, Any], spec: TaskSpec) -> tuple[list[str], list[str] | None]:
+    """The candidate texts of one row and, when candidates carry names (A, B, ...), those names."""
+    if isinstance(spec.choices, list):
+        return [str(get_field(row, column)) for column in spec.choices], None
+    items = get_field(row, spec.choices)
+    if isinstance(items, dict):  # a record of lists, as the Hub stores them: {"text": [...], "label": [...]}
+        items = [dict(zip(items, values)) for values in zip(*items.values())]
+    if not isinstance(items, list) or not items:
+        raise FinetuneError(f"task.choices: {spec.choices} holds {type(items).__name__}, not a list of candidates")
+    if not isinstance(items[0], dict):
+        return [str(item) for item in items], None
+    if spec.choice_text not in items[0]:
+        raise FinetuneError(f"task.choice_text: candidates are records with keys {', '.join(items[0])}; name the text")
+    texts = [str(item[spec.choice_text]) for item in items]
+    names = [str(item[spec.choice_label]) for item in items] if spec.choice_label else None
+    return texts, names
+
+
+def answer_index(value: Any, names: list[str] | None, count: int) -> int | None:
+    """The right candidate's index: a candidate name (A), else an integer index; None when it is neither."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    if names and text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < count:
+        return int(text)
+    return None

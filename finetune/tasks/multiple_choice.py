@@ -1,0 +1,67 @@
+"""Multiple choice, as in GPT-1: each candidate k is scored as `[start] context [delim] answer_k [extract]`
+by one linear layer; a softmax over the example's own candidates, cross-entropy on the right one.
+
+Examples may have different numbers of candidates (ARC has 3 to 5); padded candidates are masked out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForMultipleChoice, PreTrainedTokenizerBase
+
+from finetune.batching import GroupCollator
+from finetune.errors import FinetuneError
+from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.tasks.base import Task, batch_rows, softmax
+
+
+class MultipleChoice(Task):
+    name = "multiple_choice"
+    problem_type = "multiple_choice"
+    model_class = AutoModelForMultipleChoice
+
+    @property
+    def num_labels(self) -> int:
+        return 1  # one score per candidate
+
+    def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
+        """Each row becomes k (context, candidate) pairs and the index of the right candidate."""
+        features: dict[str, list] = {}
+        for number, row in enumerate(batch_rows(batch)):
+            texts, names = candidates_of(row, self.spec)
+            context = context_of(row, self.spec)
+            pairs = tokenizer([context] * len(texts), texts, truncation=True, max_length=max_length)
+            for key, value in pairs.items():
+                features.setdefault(key, []).append(value)  # k sequences
+            if self.spec.label.split(".")[0] in row:
+                answer = answer_index(get_field(row, self.spec.label), names, len(texts))
+                if answer is None:
+                    raise FinetuneError(
+                        f"task.label: {get_field(row, self.spec.label)!r} in row {number} names no candidate"
+                    )
+                features.setdefault("labels", []).append(answer)
+        return features
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
+        return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def forward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        labels, mask = batch.get("labels"), batch["choice_mask"]
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (B, k, L)
+        scores = model(**inputs).logits.masked_fill(~mask, float("-inf"))  # (B, k): padded candidates never win
+        return (None if labels is None else self.loss(scores, labels)), scores
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels.long())
+
+    def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {"answer": int(p.argmax()), "probabilities": [round(float(x), 6) for x, s in zip(p, row) if np.isfinite(s)]}
+            for p, row in zip(softmax(logits), logits)
+        ]
