@@ -23,6 +23,7 @@ test:
 	$(PYTHON) -m pytest -q
 
 bench:
+	$(PYTHON) bench/validate_speed.py
 	$(PYTHON) bench/glue.py
 
 docs:

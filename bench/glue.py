@@ -1,6 +1,7 @@
 """Run GLUE recipes to completion and record metric, time and hardware under bench/results/.
 
 Usage: python bench/glue.py [RECIPE ...]   (default: the five MiniLM GLUE recipes)
+       python bench/glue.py --table        (only rewrite bench/results/glue.md from the stored results)
 Each recipe runs as `finetune train RECIPE output_dir=runs/bench/<name> --overwrite`, one after another.
 """
 
@@ -37,6 +38,28 @@ def run(recipe: str) -> dict:
     return {"recipe": recipe, "command": " ".join(command), "wall_s": round(wall, 1), "hardware": hardware(), **metrics}
 
 
+def table(results_dir: Path) -> str:
+    """A Markdown table of every stored GLUE result: the recipe's metrics, times, hardware and command."""
+    from finetune.recipe import load_recipe
+
+    lines = [
+        "| recipe | metric | dev value | train time | wall time | train samples | hardware | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(results_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        if "recipe" not in result or not result["recipe"].startswith("recipes/glue/"):
+            continue
+        names = load_recipe(REPO / result["recipe"]).task.metric_names
+        metrics = ", ".join(f"{name} {result[name]:.4f}" for name in names)
+        lines.append(
+            f"| `{result['recipe']}` | {', '.join(names)} | {metrics} | {result['train_runtime_s'] / 60:.1f} min"
+            f" | {result['wall_s'] / 60:.1f} min | {result['num_train_samples']} | {result['hardware']}"
+            f" | `{result['command']}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(recipes: list[str]) -> None:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +67,11 @@ def main(recipes: list[str]) -> None:
         result = run(recipe)
         (results_dir / f"{Path(recipe).stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))
+    (results_dir / "glue.md").write_text(table(results_dir))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or DEFAULT)
+    if sys.argv[1:] == ["--table"]:
+        (REPO / "bench" / "results" / "glue.md").write_text(table(REPO / "bench" / "results"))
+    else:
+        main(sys.argv[1:] or DEFAULT)

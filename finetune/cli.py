@@ -205,7 +205,7 @@ COMMANDS = {
 
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def _configure_logging() -> None:

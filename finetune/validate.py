@@ -13,7 +13,7 @@ from finetune.errors import FinetuneError
 from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config
 from finetune.fields import answer_index, candidates_of, get_field, task_fields
 from finetune.labels import infer_labels, label_id, regression_target
-from finetune.mirrors import DATA_MIRROR_ENV, ResolvedModel, resolve_model
+from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
 from finetune.recipe.schema import Recipe, TaskSpec
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 
@@ -52,12 +52,20 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     if resolved.origin == "path" and not Path(resolved.location).is_dir():
         raise FinetuneError(f"model.name: no such folder: {spec.name}")
     config_dir = resolved.location if resolved.is_local else _hub_cached_config(spec.name, spec.revision)
-    if config_dir is None:
+    if resolved.origin == "gguf":
+        report.notes.append(f"model.name: {spec.name} ships as GGUF; it becomes a plain checkpoint on first load")
+        report.family = PACKAGED_MODELS[spec.name].family if spec.family == "auto" else spec.family
+    elif config_dir is None:
         report.notes.append(f"model.name: {spec.name} is not stored locally; its config is checked when it loads")
         report.family = None if spec.family == "auto" else spec.family
     else:
-        detected = detect_family(read_config(config_dir))
-        report.family = detected if spec.family == "auto" else spec.family
+        config = read_config(config_dir)
+        report.family = detect_family(config) if spec.family == "auto" else spec.family
+        blocks = config.get("num_hidden_layers") or config.get("n_layer")
+        if spec.pretrained_layers is not None and blocks and spec.pretrained_layers > blocks:
+            report.problems.append(
+                f"model.pretrained_layers: {spec.pretrained_layers} is more than the {blocks} blocks"
+            )
     supported = SUPPORTED_FAMILIES[recipe.task.type]
     if report.family is not None and report.family not in supported:
         raise FinetuneError(

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import GLUE, recipe_file, run_cli, sample_file
 from safetensors.torch import load_file
 
@@ -234,3 +235,30 @@ def test_non_empty_run_folder_is_refused_unless_overwrite(tmp_path, tiny_bert, s
     assert run_cli("train", recipe, f"output_dir={run}", "--overwrite").exit_code == 0
     assert not (run / "keep.txt").exists()
     shutil.rmtree(run)
+
+
+def test_ablations_random_init_and_pretrained_layers(tiny_bert):
+    """init: random gives the architecture fresh weights; pretrained_layers keeps only the first blocks."""
+    from finetune.mirrors import resolve_model
+    from finetune.model import build_model
+    from finetune.recipe import validate_dict
+    from finetune.tasks import build_task
+
+    def build(**model):
+        recipe = validate_dict(
+            {
+                "model": {"name": str(tiny_bert), **model},
+                "task": {"type": "classification", "text_a": "s", "labels": ["a", "b"]},
+                "data": {"files": {"train": "t.csv", "validation": "v.csv"}},
+            }
+        )
+        torch.manual_seed(1)
+        return build_model(recipe.model, resolve_model(str(tiny_bert)), build_task(recipe.task, ["a", "b"]))
+
+    pretrained = load_file(tiny_bert / "model.safetensors")
+    same = lambda model, key: torch.equal(model.state_dict()[f"bert.{key}"], pretrained[key])  # noqa: E731
+    full, random, first = build(), build(init="random"), build(pretrained_layers=1)
+    block0, block1 = "encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight"
+    assert same(full, block0) and same(full, block1) and same(full, "embeddings.word_embeddings.weight")
+    assert not same(random, block0) and not same(random, "embeddings.word_embeddings.weight")
+    assert same(first, block0) and same(first, "embeddings.word_embeddings.weight") and not same(first, block1)

@@ -64,6 +64,19 @@ class ModelSpec(Section):
     trust_remote_code: bool = Field(
         False, description="Run modelling code shipped with the checkpoint; off unless you trust its author."
     )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: the same architecture with fresh weights (the no-pretraining ablation)."
+    )
+    pretrained_layers: PositiveInt | None = Field(
+        None,
+        description="Keep only the first N pretrained transformer blocks; the later ones start from fresh weights.",
+    )
+
+    @model_validator(mode="after")
+    def _layers_need_pretraining(self) -> ModelSpec:
+        if self.init == "random" and self.pretrained_layers is not None:
+            raise ValueError("model.pretrained_layers: needs model.init: pretrained")
+        return self
 
 
 class TaskSpec(Section):

@@ -26,7 +26,7 @@ class Task:
     """
 
     name: str
-    problem_type: str
+    problem_type: str | None
     model_class = AutoModelForSequenceClassification
 
     def __init__(self, spec: TaskSpec, labels: list[str] | None) -> None:

@@ -21,7 +21,7 @@ from finetune.tasks.base import Task, batch_rows, softmax
 
 class MultipleChoice(Task):
     name = "multiple_choice"
-    problem_type = "multiple_choice"
+    problem_type = None  # the multiple-choice head has one output per candidate; configs accept no name for it
     model_class = AutoModelForMultipleChoice
 
     @property
