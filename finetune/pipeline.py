@@ -42,6 +42,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     """Validate, load data and model, train, evaluate and save: the whole `finetune train`."""
     report = check(recipe)
     report.raise_for_problems()
+    for note in report.notes:
+        log.info("note: %s", note)
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)

@@ -125,3 +125,10 @@ def test_console_script_exit_code_and_single_line(tmp_path):
 def test_validate_ok(path, capsys):
     assert run_cli("validate", path).exit_code == 0
     assert capsys.readouterr().out.strip().endswith(": ok")
+
+
+def test_hub_dataset_without_a_mirror_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FINETUNE_DATA_MIRROR")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    result = run_cli("train", SST2, f"output_dir={tmp_path / 'run'}")
+    assert_clean_failure(result, capsys, tmp_path, "data.source: cannot load nyu-mll/glue (sst2)")

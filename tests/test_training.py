@@ -262,3 +262,13 @@ def test_ablations_random_init_and_pretrained_layers(tiny_bert):
     assert same(full, block0) and same(full, block1) and same(full, "embeddings.word_embeddings.weight")
     assert not same(random, block0) and not same(random, "embeddings.word_embeddings.weight")
     assert same(first, block0) and same(first, "embeddings.word_embeddings.weight") and not same(first, block1)
+
+
+def test_resume_without_output_dir_continues_the_newest_run(tmp_path, tiny_bert, sst2_rows, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, save_every=2)
+    first = run_cli("train", recipe)
+    run_dirs = list((tmp_path / "runs" / "recipe").iterdir())
+    assert len(run_dirs) == 1 and first.run_dir.resolve() == run_dirs[0].resolve()
+    resumed = run_cli("train", recipe, "--resume", "train.epochs=2")
+    assert resumed.run_dir.resolve() == run_dirs[0].resolve() and resumed.metrics["train_steps"] == 8
