@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
-from finetune import __version__
 from finetune.errors import FinetuneError
+from finetune.fields import get_field, task_fields
 from finetune.labels import infer_labels
-from finetune.recipe.schema import DataSpec, Recipe
+from finetune.recipe.schema import DataSpec, Recipe, TaskSpec
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.tasks import Task
 
@@ -85,20 +86,23 @@ def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
         return None
     if recipe.task.labels:
         return list(recipe.task.labels)
-    feature = train.features.get(recipe.task.label)
+    path = recipe.task.label
+    feature = train.features.get(path)
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    labels = infer_labels(train.unique(recipe.task.label))
+    values = train.unique(path) if "." not in path else [get_field(row, path) for row in train]
+    labels = infer_labels(values)
     log.info("task.labels inferred from the train split: %s", labels)
     return labels
 
 
-def check_columns(raw: DatasetDict, task: Task) -> None:
+def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
     """Every column the task reads is present in every split; else name what is there."""
+    columns = dict.fromkeys(path.split(".")[0] for path in task_fields(spec).values())
     problems = [
         f"task: no column {column!r} in the {key} split (columns: {', '.join(ds.column_names)})"
         for key, ds in raw.items()
-        for column in task.columns
+        for column in columns
         if column not in ds.column_names
     ]
     if problems:
@@ -108,7 +112,7 @@ def check_columns(raw: DatasetDict, task: Task) -> None:
 def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
     """Apply max_train_samples (a seeded random subset) and max_eval_samples (the first rows)."""
     capped = dict(raw)
-    if spec.max_train_samples and len(raw["train"]) > spec.max_train_samples:
+    if spec.max_train_samples and "train" in raw and len(raw["train"]) > spec.max_train_samples:
         capped["train"] = raw["train"].shuffle(seed=seed).select(range(spec.max_train_samples))
     if spec.max_eval_samples and "eval" in raw and len(raw["eval"]) > spec.max_eval_samples:
         capped["eval"] = raw["eval"].select(range(spec.max_eval_samples))
@@ -129,7 +133,7 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
                 task.labels,
                 max_length,
                 _tokenizer_identity(tokenizer),
-                __version__,
+                _formatting_code(task),
             )
         )
         tokenized[key] = ds.map(
@@ -141,6 +145,13 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
             desc=f"Tokenizing {key}",
         )
     return DatasetDict(tokenized)
+
+
+def _formatting_code(task: Task) -> str:
+    """The source of the code that formats this task's rows, so that changing it invalidates the cache."""
+    classes = [cls for cls in type(task).__mro__ if cls.__module__.startswith("finetune.")]
+    modules = {inspect.getmodule(cls) for cls in classes} | {inspect.getmodule(get_field)}
+    return "".join(sorted(inspect.getsource(module) for module in modules))
 
 
 def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:

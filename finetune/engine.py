@@ -198,6 +198,7 @@ class Engine:
             else:
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_epoch()
+                window.restart_clock()  # end-of-epoch evaluation and saving are not training time
         bar.close()
         if state.last_eval_step != state.global_step:
             self._evaluate()
@@ -250,7 +251,9 @@ class Engine:
         value = metrics[self.metric]
         sign = 1 if GREATER_IS_BETTER.get(self.metric, True) else -1
         min_delta = self.spec.early_stopping.min_delta if self.spec.early_stopping else 0.0
-        if state.best_metric is None or sign * (value - state.best_metric) > min_delta:
+        # NaN (a constant prediction's correlation, an overflow) counts as the worst value, never as the best
+        first = state.best_metric is None or math.isnan(state.best_metric)
+        if not math.isnan(value) and (first or sign * (value - state.best_metric) > min_delta):
             state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.evals_without_improvement = 0
             if self.spec.select_best:
@@ -288,10 +291,11 @@ class Engine:
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process has written its RNG state before the folder is renamed
         if acc.is_main_process:
             acc.unwrap_model(self.model).config.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            write_json(tmp / STATE_FILE, asdict(self.state))
+            write_json(tmp / STATE_FILE, {**asdict(self.state), "log_records": len(self.log.read())})
             _replace_dir(tmp, final)
             for old in checkpoint_dirs(self.run_dir)[: -self.spec.keep_checkpoints]:
                 shutil.rmtree(old)
@@ -299,8 +303,9 @@ class Engine:
 
     def _load_checkpoint(self, folder: Path) -> None:
         self.accelerator.load_state(str(folder))
-        self.state = TrainState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
-        self.log.truncate_after(self.state.global_step)
+        saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        self.log.keep_first(saved.pop("log_records"))  # what was logged after the checkpoint is logged again
+        self.state = TrainState(**saved)
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             folder,

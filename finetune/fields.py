@@ -25,7 +25,11 @@ def get_field(row: dict[str, Any], path: str) -> Any:
 def template_fields(template: str) -> list[str]:
     """The row fields a template reads, as dotted paths: '{question[stem]}' reads question.stem."""
     paths = []
-    for _, name, _, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise FinetuneError(f"task.context_template: {exc} in {template!r}") from None
+    for _, name, _, _ in parsed:
         if name:
             head, *keys = name.replace("]", "").split("[")
             paths.append(".".join([head, *keys]))
@@ -67,6 +71,10 @@ def candidates_of(row: dict[str, Any], spec: TaskSpec) -> tuple[list[str], list[
         return [str(item) for item in items], None
     if spec.choice_text not in items[0]:
         raise FinetuneError(f"task.choice_text: candidates are records with keys {', '.join(items[0])}; name the text")
+    if spec.choice_label is not None and spec.choice_label not in items[0]:
+        raise FinetuneError(
+            f"task.choice_label: candidates are records with keys {', '.join(items[0])}; no {spec.choice_label!r}"
+        )
     texts = [str(item[spec.choice_text]) for item in items]
     names = [str(item[spec.choice_label]) for item in items] if spec.choice_label else None
     return texts, names

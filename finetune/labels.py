@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 
 def label_id(value: Any, labels: list[str]) -> int | None:
     """The class id of a raw label: a class name, or an integer id into `labels`; None when it is neither."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
         return None
-    text = str(value).strip()
+    text = str(value).strip()  # a bool reads as True / False, the names infer_labels gives it
     if text in labels:
         return labels.index(text)
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
+    if not isinstance(value, bool) and text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
         return int(text)
     return None
 
@@ -33,6 +34,7 @@ def regression_target(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None

@@ -22,7 +22,15 @@ from finetune.model import build_model, load_finetuned, load_tokenizer
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
 from finetune.recipe.schema import ReaderSpec
-from finetune.rundir import METRICS_FILE, choose_run_dir, find_recipe, latest_checkpoint, write_json, write_recipe
+from finetune.rundir import (
+    METRICS_FILE,
+    choose_run_dir,
+    find_recipe,
+    latest_checkpoint,
+    warn_if_changed,
+    write_json,
+    write_recipe,
+)
 from finetune.sources import LocalTables, read_rows
 from finetune.tasks import Task, build_task
 from finetune.validate import check
@@ -48,12 +56,16 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
         task, tokenized = prepare_data(recipe, tokenizer)
+    if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
+        recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"labels": task.labels})})
+    set_seed(recipe.train.seed)  # the new head's initial weights depend on it
+    model = build_model(recipe.model, report.model, task)  # before the run folder: a load failure writes nothing
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:
+        if resume:
+            warn_if_changed(run_dir, recipe)
         write_recipe(run_dir, recipe)
-    set_seed(recipe.train.seed)  # the new head's initial weights depend on it
-    model = build_model(recipe.model, report.model, task)
     engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
     engine.setup(
         model,
@@ -92,8 +104,8 @@ def _peak_memory() -> dict[str, float]:
 
 def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, Any]:
     raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
+    data.check_columns(raw, recipe.task)
     task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
-    data.check_columns(raw, task)
     raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
     tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
     data.log_samples(tokenized["train"], tokenizer)
@@ -132,7 +144,7 @@ def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
     run = load_run(folder)
     split = split or run.recipe.data.eval_split
     raw = data.load_raw(run.recipe.data, {"eval": split})
-    data.check_columns(raw, run.task)
+    data.check_columns(raw, run.task.spec)
     raw = data.cap_splits(raw, run.recipe.data, run.recipe.train.seed)
     tokenized = data.tokenize(raw, run.task, run.tokenizer, run.recipe.data.max_length)["eval"]
     metrics = evaluate_model(run.model, run.loader(tokenized), run.task, run.accelerator)

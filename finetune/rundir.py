@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from finetune.errors import FinetuneError
 from finetune.recipe import Recipe, dump_recipe
+
+log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
@@ -72,6 +76,28 @@ def write_recipe(run_dir: Path, recipe: Recipe) -> None:
     (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe), encoding="utf-8")
 
 
+def warn_if_changed(run_dir: Path, recipe: Recipe) -> None:
+    """Say which settings differ from the run being resumed (only an unchanged recipe resumes exactly)."""
+    path = run_dir / RECIPE_FILE
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    changed = sorted(_changed_keys(saved or {}, recipe.model_dump(mode="json")))
+    if changed:
+        log.warning(
+            "resuming with a changed recipe (%s); the result will differ from an uninterrupted run", ", ".join(changed)
+        )
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in old.keys() | new.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and key != "output_dir":
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def find_recipe(folder: Path) -> Path:
     """The resolved recipe of a run folder or of a checkpoint inside one."""
     for candidate in (folder, *folder.parents[:2]):
@@ -103,8 +129,8 @@ class JsonlLog:
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run rewrites them)."""
+    def keep_first(self, count: int) -> None:
+        """Keep the first `count` records (those written before a checkpoint; a resumed run rewrites the rest)."""
         if self.enabled and self.path.is_file():
-            kept = [r for r in self.read() if r.get("step", 0) <= step]
+            kept = self.read()[:count]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

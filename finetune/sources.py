@@ -81,6 +81,9 @@ def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, A
             f"data.files.{split}: {path} is not {tables.reader.encoding} text (byte {exc.start}); "
             "set data.reader.encoding"
         ) from None
+    except csv.Error as exc:
+        hint = "; try data.reader.quoting: none" if tables.reader.quoting != "none" else ""
+        raise FinetuneError(f"data.files.{split}: {path} cannot be read as a table ({exc}){hint}") from None
 
 
 def flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -61,6 +61,11 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     else:
         config = read_config(config_dir)
         report.family = detect_family(config) if spec.family == "auto" else spec.family
+        positions = config.get("max_position_embeddings") or config.get("n_positions")
+        if positions and recipe.data.max_length > positions:
+            report.problems.append(
+                f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions"
+            )
         blocks = config.get("num_hidden_layers") or config.get("n_layer")
         if spec.pretrained_layers is not None and blocks and spec.pretrained_layers > blocks:
             report.problems.append(

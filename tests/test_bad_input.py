@@ -132,3 +132,52 @@ def test_hub_dataset_without_a_mirror_offline_is_one_clear_line(tmp_path, capsys
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     result = run_cli("train", SST2, f"output_dir={tmp_path / 'run'}")
     assert_clean_failure(result, capsys, tmp_path, "data.source: cannot load nyu-mll/glue (sst2)")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.reader.delimiter='\\t'"], "data.reader.delimiter: one character"),
+        (["data.reader.encoding=utf9"], "data.reader.encoding: unknown encoding 'utf9'"),
+        (
+            ["task.metrics=[accuracy]", "task.type=regression", "task.labels=null"],
+            "task.metrics: accuracy does not judge",
+        ),
+        (["data.max_length=100000"], "data.max_length: 100000 exceeds the model's 512 positions"),
+    ],
+)
+def test_more_bad_settings_are_one_line(overrides, expected, tmp_path, capsys):
+    result = run_cli("train", SST2, *overrides, f"output_dir={tmp_path / 'run'}")
+    assert_clean_failure(result, capsys, tmp_path, expected)
+
+
+def test_bad_choice_fields_are_one_line(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"q": "pick", "options": [{"text": "a", "key": "A"}, {"text": "b", "key": "B"}], "answer": "A"}\n')
+    for fields, expected in [
+        ("context: q, choice_label: name", "task.choice_label: candidates are records with keys text, key; no 'name'"),
+        ("context_template: '{q', choice_label: key", "task.context_template:"),
+    ]:
+        recipe = recipe_file(
+            tmp_path,
+            f"""
+model: sentence-transformers/all-MiniLM-L6-v2
+task: {{type: multiple_choice, {fields}, choices: options, choice_text: text, label: answer}}
+data: {{files: {{train: {rows}, validation: {rows}}}}}
+output_dir: {tmp_path / "run"}
+""",
+        )
+        assert_clean_failure(run_cli("train", recipe), capsys, tmp_path, expected)
+
+
+def test_non_finite_regression_target(tmp_path, capsys):
+    path = local_recipe(tmp_path, "sentence\tlabel\nfine\t1.5\nawful\tnan\n", extra="")
+    text = (
+        path.read_text()
+        .replace("type: classification", "type: regression")
+        .replace(", labels: [negative, positive]", "")
+    )
+    path.write_text(text)
+    assert_clean_failure(
+        run_cli("train", path), capsys, tmp_path, "task.label: 'nan' in row 1 of split 'train' is not a number"
+    )

@@ -148,3 +148,11 @@ def test_packaged_model_resolves_without_network(monkeypatch, tmp_path):
     monkeypatch.setenv("FINETUNE_MODEL_MIRROR", str(mirror))
     assert resolve_model("org/model").origin == "mirror"
     assert resolve_model("org/other").origin == "hub"
+
+
+def test_boolean_labels_map_to_their_inferred_names():
+    from finetune.labels import infer_labels, label_id
+
+    names = infer_labels([True, False, True])
+    assert names == ["False", "True"]
+    assert [label_id(v, names) for v in (False, True, "True", 0)] == [0, 1, 1, 0]

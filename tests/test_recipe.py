@@ -44,7 +44,7 @@ def test_every_problem_is_reported_at_once():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["task.type=regression"], "task.labels: a score has no class list"),
+        (["task.type=regression", "task.metrics=null"], "task.labels: a score has no class list"),
         (["task.type=multiple_choice"], "task.choices: multiple_choice needs the candidate columns"),
         (["task.type=entailment"], "task.text_b: task type entailment reads a pair"),
         (["task.target=score"], "task.target: only similarity chooses its target"),

@@ -130,6 +130,7 @@ def test_eval_and_predict_agree_with_the_run(tmp_path, tiny_bert, sst2_rows):
         "train",
         tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2, select_best=False, save_every="epoch"),
         f"output_dir={run}",
+        "data.max_train_samples=30",  # eval loads only the evaluation split; the train cap must not trip it
     )
     evaluated = run_cli("eval", run)
     assert evaluated.metrics["accuracy"] == trained.metrics["accuracy"]

@@ -5,6 +5,8 @@ Importing this module must stay cheap (no torch, no transformers): `finetune val
 
 from __future__ import annotations
 
+import codecs
+import string
 from typing import Literal
 
 from pydantic import (
@@ -154,6 +156,27 @@ class TaskSpec(Section):
         return self
 
     @model_validator(mode="after")
+    def _metrics_fit_the_output(self) -> TaskSpec:
+        score_metrics = {"pearson", "spearman"}
+        for name in self.metrics or []:
+            if (name in score_metrics) != self.predicts_score:
+                kind = "a score" if self.predicts_score else "classes or candidates"
+                raise ValueError(
+                    f"task.metrics: {name} does not judge {kind}; use "
+                    + ("pearson, spearman" if self.predicts_score else "accuracy, f1, matthews_correlation")
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _template_parses(self) -> TaskSpec:
+        if self.context_template is not None:
+            try:
+                list(string.Formatter().parse(self.context_template))
+            except ValueError as exc:
+                raise ValueError(f"task.context_template: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _scores_have_no_classes(self) -> TaskSpec:
         if self.target == "score" and self.type != "similarity":
             raise ValueError("task.target: only similarity chooses its target; use type: regression for scores")
@@ -196,6 +219,18 @@ class ReaderSpec(Section):
         "minimal", description="none reads quote characters as ordinary text (GLUE's TSV files need it)."
     )
     encoding: str = Field("utf-8", description="Text encoding; utf-8-sig also strips a byte-order mark.")
+
+    @model_validator(mode="after")
+    def _reader_options_exist(self) -> ReaderSpec:
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f'data.reader.delimiter: one character, got {self.delimiter!r} (a tab is "\\t" in YAML)')
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f"data.reader.encoding: unknown encoding {self.encoding!r} (e.g. utf-8, utf-8-sig, latin-1)"
+            ) from None
+        return self
 
     @model_validator(mode="after")
     def _headerless_needs_names(self) -> ReaderSpec:
