@@ -166,7 +166,7 @@ def _inspect(args: argparse.Namespace) -> CliResult:
     report = check(recipe)
     report.raise_for_problems()
     tokenizer = load_tokenizer(recipe.model, report.model)
-    task, tokenized = prepare_data(recipe, tokenizer)
+    task, tokenized = prepare_data(recipe, tokenizer, report.family)
     split = tokenized[args.split]
     for index in range(min(args.n, len(split))):
         print(render_example(index, split[index], tokenizer, task), end="\n\n")

@@ -34,11 +34,11 @@ ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "maria
 
 # Families each task type runs on today.
 SUPPORTED_FAMILIES = {
-    "classification": {"encoder"},
-    "regression": {"encoder"},
-    "entailment": {"encoder"},
-    "similarity": {"encoder"},
-    "multiple_choice": {"encoder"},
+    "classification": {"encoder", "decoder"},
+    "regression": {"encoder", "decoder"},
+    "entailment": {"encoder", "decoder"},
+    "similarity": {"encoder", "decoder"},
+    "multiple_choice": {"encoder", "decoder"},
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -14,6 +16,7 @@ from transformers import (
 
 from finetune.errors import FinetuneError
 from finetune.gguf_models import local_checkpoint
+from finetune.heads import HEAD_CONFIG, ExtractTokenModel
 from finetune.mirrors import ResolvedModel
 from finetune.recipe.schema import ModelSpec
 from finetune.tasks import Task
@@ -31,8 +34,14 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
         raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {_first_line(exc)}") from None
 
 
-def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrainedModel:
-    """The pretrained backbone with a fresh head sized for the task (class names stored as id2label)."""
+def build_model(
+    spec: ModelSpec, resolved: ResolvedModel, task: Task, tokenizer: PreTrainedTokenizerBase | None = None
+) -> PreTrainedModel:
+    """The pretrained backbone with a fresh head sized for the task (class names stored as id2label).
+
+    With GPT-1's tokens set on the task (decoders), the backbone is the causal LM itself, its embeddings
+    resized for the added tokens, under `ExtractTokenModel`'s head.
+    """
     head = {"num_labels": task.num_labels}
     if task.problem_type:
         head["problem_type"] = task.problem_type
@@ -44,16 +53,23 @@ def build_model(spec: ModelSpec, resolved: ResolvedModel, task: Task) -> PreTrai
         config = AutoConfig.from_pretrained(
             location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **head
         )
+        model_class = AutoModelForCausalLM if task.gpt1_ids is not None else task.model_class
         if spec.init == "random":
-            model = task.model_class.from_config(config, trust_remote_code=spec.trust_remote_code)
+            model = model_class.from_config(config, trust_remote_code=spec.trust_remote_code)
         else:
-            model = task.model_class.from_pretrained(
+            model = model_class.from_pretrained(
                 location, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code
             )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)
+    if task.gpt1_ids is not None:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # the added [start] [delim] [extract]
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model = ExtractTokenModel(
+            model, task.num_labels, task.gpt1_ids["extract"], task.spec.aux_lm_weight, task.problem_type
+        )
     log.info(
         "model %s (%s, from %s): %.1fM parameters",
         spec.name,
@@ -89,6 +105,8 @@ def reinitialize_blocks(model: PreTrainedModel, keep: int) -> None:
 
 def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model and tokenizer saved by a run (its folder or one of its checkpoints)."""
+    if (Path(folder) / HEAD_CONFIG).is_file():
+        model_class = ExtractTokenModel
     try:
         return model_class.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:

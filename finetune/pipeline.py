@@ -18,6 +18,7 @@ from finetune import data
 from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
+from finetune.heads import ExtractTokenModel, add_gpt1_tokens
 from finetune.model import build_model, load_finetuned, load_tokenizer
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
@@ -55,11 +56,13 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
-        task, tokenized = prepare_data(recipe, tokenizer)
+        task, tokenized = prepare_data(recipe, tokenizer, report.family)
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
         recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"labels": task.labels})})
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
-    model = build_model(recipe.model, report.model, task)  # before the run folder: a load failure writes nothing
+    model = build_model(
+        recipe.model, report.model, task, tokenizer
+    )  # before the run folder: nothing written on failure
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:
@@ -102,10 +105,13 @@ def _peak_memory() -> dict[str, float]:
     return peaks
 
 
-def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, Any]:
+def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None) -> tuple[Task, Any]:
+    """Load, check, cap and tokenize the splits; for decoders, GPT-1's tokens join the tokenizer first."""
     raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
     data.check_columns(raw, recipe.task)
     task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
+    if family == "decoder":
+        task.gpt1_ids = add_gpt1_tokens(tokenizer)
     raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
     tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
     data.log_samples(tokenized["train"], tokenizer)
@@ -135,8 +141,11 @@ def load_run(folder: Path) -> LoadedRun:
     labels = None
     if recipe.task.has_classes:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    task = build_task(recipe.task, labels)
+    if isinstance(model, ExtractTokenModel):
+        task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
-    return LoadedRun(recipe, build_task(recipe.task, labels), tokenizer, accelerator.prepare(model), accelerator)
+    return LoadedRun(recipe, task, tokenizer, accelerator.prepare(model), accelerator)
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:

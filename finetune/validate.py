@@ -71,6 +71,10 @@ def _check_model(recipe: Recipe, report: Report) -> None:
             report.problems.append(
                 f"model.pretrained_layers: {spec.pretrained_layers} is more than the {blocks} blocks"
             )
+    if recipe.task.aux_lm_weight > 0 and report.family not in (None, "decoder"):
+        report.problems.append(
+            f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
+        )
     supported = SUPPORTED_FAMILIES[recipe.task.type]
     if report.family is not None and report.family not in supported:
         raise FinetuneError(

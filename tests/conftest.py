@@ -26,8 +26,20 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _tiny_checkpoint(folder: Path, kind: str) -> Path:
+    """A 2-layer, 32-wide model of `kind`, randomly initialised, saved with MiniLM's WordPiece tokenizer
+    (any vocabulary serves a tiny model; decoders get GPT-1's tokens added by the code under test)."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel, ElectraConfig, ElectraForPreTraining
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        ElectraConfig,
+        ElectraForPreTraining,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from finetune.mirrors import resolve_model
 
@@ -41,25 +53,36 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
         max_position_embeddings=256,
     )
     torch.manual_seed(0)
-    if kind == "bert":
-        model = BertModel(BertConfig(**sizes))
-    else:
-        model = ElectraForPreTraining(ElectraConfig(embedding_size=32, **sizes))
-    model.save_pretrained(folder)
+    build = {
+        "bert": lambda: BertModel(BertConfig(**sizes)),
+        "electra": lambda: ElectraForPreTraining(ElectraConfig(embedding_size=32, **sizes)),
+        "gpt2": lambda: GPT2LMHeadModel(
+            GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256)
+        ),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **sizes)),
+    }
+    build[kind]().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's WordPiece vocabulary, randomly initialised."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"), "bert")
+def _session_model(kind: str, description: str):
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory) -> Path:
+        return _tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{kind}"), kind)
+
+    fixture.__doc__ = description
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_electra(tmp_path_factory) -> Path:
-    """A 2-layer ELECTRA discriminator (ElectraForPreTraining), randomly initialised."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-electra"), "electra")
+tiny_bert = _session_model("bert", "A 2-layer, 32-wide BERT, randomly initialised.")
+tiny_electra = _session_model(
+    "electra", "A 2-layer ELECTRA discriminator (ElectraForPreTraining), randomly initialised."
+)
+tiny_gpt2 = _session_model("gpt2", "A 2-layer GPT-2 language model, randomly initialised.")
+tiny_llama = _session_model(
+    "llama", "A 2-layer Llama-style language model (RoPE, RMSNorm, SwiGLU), randomly initialised."
+)
 
 
 def sample_file(folder: Path, source: Path, lines: int) -> Path:

@@ -99,6 +99,11 @@ class TaskSpec(Section):
         description="Class names in id order; integer labels index this list. Inferred from the train split "
         "when absent.",
     )
+    aux_lm_weight: NonNegativeFloat = Field(
+        0.0,
+        description="Decoders: weight of the language-modelling loss on the inputs added to the task loss "
+        "(GPT-1 used 0.5; 0 turns it off).",
+    )
     target: Literal["class", "score"] = Field(
         "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
     )

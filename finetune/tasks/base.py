@@ -32,6 +32,7 @@ class Task:
     def __init__(self, spec: TaskSpec, labels: list[str] | None) -> None:
         self.spec = spec
         self.labels = labels
+        self.gpt1_ids: dict[str, int] | None = None  # set for decoders: GPT-1's [start] [delim] [extract] ids
 
     @property
     def num_labels(self) -> int:
@@ -57,7 +58,25 @@ class Task:
     def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
         """One row's text (or pair) as token ids, token types and attention mask."""
         texts = [str(get_field(row, path)) for path in (self.spec.text_a, self.spec.text_b) if path]
-        return dict(tokenizer(*texts, truncation=True, max_length=max_length))
+        return self.encode(tokenizer, max_length, *texts)
+
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, first: str, second: str | None = None
+    ) -> dict:
+        """GPT-1's input transformation, the only place it is written.
+
+        Encoders use their own tokens: `[CLS] first [SEP] second [SEP]` (the tokenizer's pair encoding).
+        Decoders get `[start] first [delim] second [extract]`, truncated longest-first to fit `max_length`.
+        """
+        if self.gpt1_ids is None:
+            texts = [first] if second is None else [first, second]
+            return dict(tokenizer(*texts, truncation=True, max_length=max_length))
+        ids = self.gpt1_ids
+        a = tokenizer(first, add_special_tokens=False)["input_ids"]
+        b = tokenizer(second, add_special_tokens=False)["input_ids"] if second is not None else None
+        a, b = _truncate_longest_first(a, b, max_length - (2 if b is None else 3))
+        tokens = [ids["start"], *a, *([ids["delim"], *b] if b is not None else []), ids["extract"]]
+        return {"input_ids": tokens, "attention_mask": [1] * len(tokens)}
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
         """Tokenize a batch of raw rows and attach `labels` when the rows have them.
@@ -95,6 +114,24 @@ class Task:
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         """One readable prediction record per example, for `finetune predict`."""
         raise NotImplementedError
+
+
+def _truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:
+    """Drop tokens from the end of the longer text until both fit in `budget`."""
+    a = list(a)
+    b = list(b) if b is not None else None
+    while len(a) + len(b or []) > budget and (a or b):
+        if b is not None and len(b) > len(a):
+            b.pop()
+        else:
+            a.pop()
+    return a, b
+
+
+def add_aux_loss(loss: torch.Tensor | None, output: Any) -> torch.Tensor | None:
+    """The task loss plus a decoder head's weighted auxiliary LM loss, when it has one."""
+    aux = output.get("aux_loss") if hasattr(output, "get") else None
+    return loss + aux if loss is not None and aux is not None else loss
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from transformers import AutoModelForMultipleChoice, PreTrainedTokenizerBase
 from finetune.batching import GroupCollator
 from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
-from finetune.tasks.base import Task, batch_rows, softmax
+from finetune.tasks.base import Task, add_aux_loss, batch_rows, softmax
 
 
 class MultipleChoice(Task):
@@ -34,9 +34,9 @@ class MultipleChoice(Task):
         for number, row in enumerate(batch_rows(batch)):
             texts, names = candidates_of(row, self.spec)
             context = context_of(row, self.spec)
-            pairs = tokenizer([context] * len(texts), texts, truncation=True, max_length=max_length)
-            for key, value in pairs.items():
-                features.setdefault(key, []).append(value)  # k sequences
+            pairs = [self.encode(tokenizer, max_length, context, text) for text in texts]
+            for key in pairs[0]:
+                features.setdefault(key, []).append([pair[key] for pair in pairs])  # k sequences
             if self.spec.label.split(".")[0] in row:
                 answer = answer_index(get_field(row, self.spec.label), names, len(texts))
                 if answer is None:
@@ -54,8 +54,11 @@ class MultipleChoice(Task):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         labels, mask = batch.get("labels"), batch["choice_mask"]
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (B, k, L)
-        scores = model(**inputs).logits.masked_fill(~mask, float("-inf"))  # (B, k): padded candidates never win
-        return (None if labels is None else self.loss(scores, labels)), scores
+        if self.gpt1_ids is not None:  # a decoder head scores one sequence at a time: (B*k, L) -> (B*k, 1)
+            inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
+        output = model(**inputs)
+        scores = output.logits.view(mask.shape).masked_fill(~mask, float("-inf"))  # (B, k): padding never wins
+        return add_aux_loss(None if labels is None else self.loss(scores, labels), output), scores
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels.long())

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
 from finetune.fields import get_field
-from finetune.tasks.base import Task
+from finetune.tasks.base import Task, add_aux_loss
 from finetune.tasks.classification import Classification
 from finetune.tasks.regression import Regression
 
@@ -39,9 +39,7 @@ class Similarity(Task):
     def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
         """Both orderings: `[start] a [delim] b [extract]` and `[start] b [delim] a [extract]`."""
         a, b = (str(get_field(row, path)) for path in (self.spec.text_a, self.spec.text_b))
-        orderings = [
-            tokenizer(first, second, truncation=True, max_length=max_length) for first, second in ((a, b), (b, a))
-        ]
+        orderings = [self.encode(tokenizer, max_length, first, second) for first, second in ((a, b), (b, a))]
         return {key: [o[key] for o in orderings] for key in orderings[0]}  # each value: 2 sequences
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
@@ -52,9 +50,10 @@ class Similarity(Task):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         labels = batch.get("labels")
         inputs = {k: v.flatten(0, 1) for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (2B, L)
-        per_ordering = model(**inputs).logits  # (2B, C)
+        output = model(**inputs)
+        per_ordering = output.logits  # (2B, C)
         logits = per_ordering.view(-1, 2, per_ordering.shape[-1]).sum(dim=1)  # (B, C)
-        return (None if labels is None else self.head.loss(logits, labels)), logits
+        return add_aux_loss(None if labels is None else self.head.loss(logits, labels), output), logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head.loss(logits, labels)

@@ -1,0 +1,143 @@
+"""GPT-1's decoder head, which the libraries do not have: a linear layer on the final hidden state at the
+`[extract]` token, with the language-modelling loss on the inputs as an auxiliary loss.
+
+    loss = task_loss + aux_lm_weight * lm_loss      (GPT-1 used 0.5; 0 turns it off)
+
+The decoder keeps its LM head (`AutoModelForCausalLM`), so the auxiliary loss is the model's own LM loss.
+Saved as the decoder's own checkpoint (loadable by `AutoModelForCausalLM`, with the added tokens) plus
+`extract_head.safetensors` and `extract_head.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+# GPT-1's special tokens, added to a decoder's tokenizer (and embeddings) when it lacks them.
+GPT1_TOKENS = {"start": "<|start|>", "delim": "<|delim|>", "extract": "<|extract|>"}
+HEAD_WEIGHTS, HEAD_CONFIG = "extract_head.safetensors", "extract_head.json"
+
+
+def add_gpt1_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Add `[start]`, `[delim]`, `[extract]` (and a pad token if missing); return their ids by role."""
+    missing = [t for t in GPT1_TOKENS.values() if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return {role: tokenizer.convert_tokens_to_ids(token) for role, token in GPT1_TOKENS.items()}
+
+
+class ExtractTokenModel(nn.Module):
+    """A causal LM with a linear head on the hidden state at the `[extract]` token of each sequence.
+
+    The position is found from the token itself, so left and right padding give the same result.
+    """
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        num_labels: int,
+        extract_id: int,
+        aux_lm_weight: float,
+        problem_type: str | None,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.lm, self.extract_id, self.aux_lm_weight, self.problem_type = lm, extract_id, aux_lm_weight, problem_type
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(lm.config.hidden_size, num_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def config(self) -> Any:
+        return self.lm.config
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
+    ) -> ModelOutput:
+        lm_labels = input_ids.masked_fill(attention_mask == 0, -100) if self.aux_lm_weight > 0 else None
+        # positions count real tokens only, so a left-padded sequence sees the positions a right-padded one does
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        output = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=lm_labels,
+            output_hidden_states=True,
+        )
+        hidden = output.hidden_states[-1]  # (B, L, H)
+        positions = extract_positions(input_ids, self.extract_id)  # (B,)
+        features = hidden[torch.arange(len(positions), device=hidden.device), positions]  # (B, H)
+        logits = self.head(self.dropout(features))  # (B, num_labels)
+        aux_loss = self.aux_lm_weight * output.loss if lm_labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = task_loss(logits, labels, self.problem_type)
+            loss = loss + aux_loss if aux_loss is not None else loss
+        return ModelOutput(loss=loss, logits=logits, aux_loss=aux_loss, lm_loss=output.loss)
+
+    # -- the parts of the PreTrainedModel interface the engine and pipeline use --------------------
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.lm.gradient_checkpointing_enable(**kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _init_weights(self, module: nn.Module) -> None:
+        self.lm._init_weights(module)
+
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        state_dict: dict | None = None,
+        is_main_process: bool = True,
+        save_function: Any = torch.save,
+    ) -> None:
+        folder = Path(folder)
+        state = state_dict if state_dict is not None else self.state_dict()
+        lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+        self.lm.save_pretrained(
+            folder, state_dict=lm_state, is_main_process=is_main_process, save_function=save_function
+        )
+        if is_main_process:
+            head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
+            save_file(head, str(folder / HEAD_WEIGHTS))
+            settings = {
+                "num_labels": self.head.out_features,
+                "extract_id": self.extract_id,
+                "aux_lm_weight": self.aux_lm_weight,
+                "problem_type": self.problem_type,
+                "dropout": self.dropout.p,
+            }
+            (folder / HEAD_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> ExtractTokenModel:
+        folder = Path(folder)
+        settings = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
+        model = cls(AutoModelForCausalLM.from_pretrained(folder, **kwargs), **settings)
+        model.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        return model
+
+
+def extract_positions(input_ids: torch.Tensor, extract_id: int) -> torch.Tensor:
+    """The index of the last `[extract]` token in each row (B, L) -> (B,)."""
+    is_extract = (input_ids == extract_id).int()
+    index = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (is_extract * index).argmax(-1)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """Cross-entropy over classes, or MSE for one regression output."""
+    if problem_type == "regression":
+        return nn.functional.mse_loss(logits.reshape(-1), labels.float())
+    return nn.functional.cross_entropy(logits, labels.long())
