@@ -157,7 +157,7 @@ def _validate(args: argparse.Namespace) -> CliResult:
 
 def _inspect(args: argparse.Namespace) -> CliResult:
     from finetune.inspection import render_example
-    from finetune.model import load_tokenizer
+    from finetune.model import load_tokenizer, resolve_family
     from finetune.pipeline import prepare_data
     from finetune.recipe import load_recipe
     from finetune.validate import check
@@ -166,7 +166,7 @@ def _inspect(args: argparse.Namespace) -> CliResult:
     report = check(recipe)
     report.raise_for_problems()
     tokenizer = load_tokenizer(recipe.model, report.model)
-    task, tokenized = prepare_data(recipe, tokenizer, report.family)
+    task, tokenized = prepare_data(recipe, tokenizer, resolve_family(recipe.model, report.model, report.family))
     split = tokenized[args.split]
     for index in range(min(args.n, len(split))):
         print(render_example(index, split[index], tokenizer, task), end="\n\n")

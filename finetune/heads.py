@@ -30,8 +30,10 @@ def add_gpt1_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     missing = [t for t in GPT1_TOKENS.values() if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    elif tokenizer.pad_token is None:  # openai-gpt has neither
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     return {role: tokenizer.convert_tokens_to_ids(token) for role, token in GPT1_TOKENS.items()}
 
 

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from finetune.errors import FinetuneError
+from finetune.families import detect_family
 from finetune.gguf_models import local_checkpoint
 from finetune.heads import HEAD_CONFIG, ExtractTokenModel
 from finetune.mirrors import ResolvedModel
@@ -32,6 +33,19 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
         )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {_first_line(exc)}") from None
+
+
+def resolve_family(spec: ModelSpec, resolved: ResolvedModel, known: str | None) -> str:
+    """The family validation found, or, for a Hub checkpoint it could not see, the one its config names."""
+    if known is not None:
+        return known
+    try:
+        config = AutoConfig.from_pretrained(
+            local_checkpoint(resolved), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
+    return detect_family(config.to_dict())
 
 
 def build_model(

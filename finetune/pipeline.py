@@ -19,7 +19,7 @@ from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
 from finetune.heads import ExtractTokenModel, add_gpt1_tokens
-from finetune.model import build_model, load_finetuned, load_tokenizer
+from finetune.model import build_model, load_finetuned, load_tokenizer, resolve_family
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
 from finetune.recipe.schema import ReaderSpec
@@ -56,7 +56,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
-        task, tokenized = prepare_data(recipe, tokenizer, report.family)
+        family = resolve_family(recipe.model, report.model, report.family)
+        task, tokenized = prepare_data(recipe, tokenizer, family)
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
         recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"labels": task.labels})})
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
