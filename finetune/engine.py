@@ -195,7 +195,7 @@ class Engine:
                 self._after_step(window, bar)
                 if state.global_step >= self.total_steps or state.stopped_early:
                     break
-            else:
+            if state.batches_in_epoch == len(self.train_loader):  # the epoch ran to its end (the last one too)
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_epoch()
                 window.restart_clock()  # end-of-epoch evaluation and saving are not training time
@@ -293,7 +293,10 @@ class Engine:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every process has written its RNG state before the folder is renamed
         if acc.is_main_process:
-            acc.unwrap_model(self.model).config.save_pretrained(tmp)
+            model = acc.unwrap_model(self.model)
+            model.config.save_pretrained(tmp)
+            if hasattr(model, "write_settings"):  # a head of ours that config.json alone cannot rebuild
+                model.write_settings(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / STATE_FILE, {**asdict(self.state), "log_records": len(self.log.read())})
             _replace_dir(tmp, final)

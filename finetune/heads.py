@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 # GPT-1's special tokens, added to a decoder's tokenizer (and embeddings) when it lacks them.
@@ -113,21 +113,33 @@ class ExtractTokenModel(nn.Module):
         if is_main_process:
             head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}
             save_file(head, str(folder / HEAD_WEIGHTS))
-            settings = {
-                "num_labels": self.head.out_features,
-                "extract_id": self.extract_id,
-                "aux_lm_weight": self.aux_lm_weight,
-                "problem_type": self.problem_type,
-                "dropout": self.dropout.p,
-            }
-            (folder / HEAD_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            self.write_settings(folder)
+
+    def write_settings(self, folder: Path) -> None:
+        """What rebuilds this head around a decoder (also written into resumable checkpoints)."""
+        settings = {
+            "num_labels": self.head.out_features,
+            "extract_id": self.extract_id,
+            "aux_lm_weight": self.aux_lm_weight,
+            "problem_type": self.problem_type,
+            "dropout": self.dropout.p,
+        }
+        (Path(folder) / HEAD_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> ExtractTokenModel:
         folder = Path(folder)
         settings = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
-        model = cls(AutoModelForCausalLM.from_pretrained(folder, **kwargs), **settings)
-        model.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        if (folder / HEAD_WEIGHTS).is_file():  # a run folder: the decoder's checkpoint and the head beside it
+            model = cls(AutoModelForCausalLM.from_pretrained(folder, **kwargs), **settings)
+            model.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+            return model
+        # a resumable checkpoint: accelerate saved this module's whole state dict (lm.*, head.*) in one file
+        model = cls(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)), **settings)
+        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        if unexpected or any(not key.endswith("lm_head.weight") for key in missing):
+            raise ValueError(f"{folder}: checkpoint weights do not match the model ({(missing + unexpected)[:3]})")
+        model.lm.tie_weights()  # a tied output layer is stored once
         return model
 
 

@@ -165,3 +165,20 @@ def test_aux_loss_on_an_encoder_is_refused(capsys):
     result = run_cli("validate", REPO / "recipes/glue/sst2-minilm.yaml", "--set", "task.aux_lm_weight=0.5")
     assert result.exit_code == 2
     assert "task.aux_lm_weight: the auxiliary LM loss needs a decoder" in capsys.readouterr().err
+
+
+def test_decoder_checkpoint_evaluates_like_the_run(tmp_path, tiny_llama, sst2_rows):
+    recipe = recipe_file(
+        tmp_path,
+        f"""
+model: {tiny_llama}
+task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive]}}
+data: {{files: {{train: {sst2_rows}, validation: {sst2_rows}}}, reader: {{quoting: none}}}}
+train: {{epochs: 2, batch_size: 8, lr: 1.0e-3, select_best: false, save_every: epoch}}
+""",
+    )
+    trained = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    last = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    assert run_cli("eval", last).metrics == pytest.approx(
+        {k: trained.metrics[k] for k in ("accuracy", "eval_loss")}, abs=1e-6
+    )
