@@ -23,7 +23,8 @@ EXAMPLES = {
   finetune train recipes/glue/sst2-minilm.yaml output_dir=runs/sst2 --resume""",
     "eval": """examples:
   finetune eval runs/sst2-minilm/20261122-160000
-  finetune eval runs/sst2-minilm/20261122-160000/checkpoints/step-500 --split validation""",
+  finetune eval runs/sst2-minilm/20261122-160000/checkpoints/step-500 --split validation
+  finetune eval recipes/smollm2/copa-smollm2.yaml --zero-shot""",
     "validate": """examples:
   finetune validate recipes/glue/*.yaml
   finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
@@ -65,9 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty run folder")
 
-    evaluate = command("eval", "Evaluate a run folder or checkpoint on its recipe's evaluation split.")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = command(
+        "eval",
+        "Evaluate a run folder or checkpoint on its recipe's evaluation split, or (--zero-shot) "
+        "a recipe's base decoder without training.",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="a run folder or checkpoint; with --zero-shot, a recipe")
     evaluate.add_argument("--split", help="split to evaluate instead of data.eval_split")
+    evaluate.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="score the recipe's base checkpoint by the log-probabilities of the answers",
+    )
 
     validate = command("validate", "Check recipes, their data and model configs without loading weights.")
     validate.add_argument("recipes", nargs="+", type=Path)
@@ -127,6 +137,13 @@ def _train(args: argparse.Namespace) -> CliResult:
 
 
 def _eval(args: argparse.Namespace) -> CliResult:
+    if args.zero_shot:
+        from finetune.recipe import load_recipe
+        from finetune.zeroshot import zero_shot
+
+        metrics = zero_shot(load_recipe(args.run_dir), args.split)
+        print(_metrics_line(metrics))
+        return CliResult(0, metrics)
     from finetune.pipeline import evaluate_run
 
     metrics = evaluate_run(args.run_dir, args.split)

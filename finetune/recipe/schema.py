@@ -104,6 +104,12 @@ class TaskSpec(Section):
         description="Decoders: weight of the language-modelling loss on the inputs added to the task loss "
         "(GPT-1 used 0.5; 0 turns it off).",
     )
+    prompt_template: str | None = Field(
+        None, description="Zero-shot classification: the prompt before the class word, e.g. '{sentence} It was'."
+    )
+    verbalizer: dict[str, str] | None = Field(
+        None, description="Zero-shot classification: the continuation for each class, e.g. {positive: ' great'}."
+    )
     target: Literal["class", "score"] = Field(
         "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
     )
@@ -170,6 +176,15 @@ class TaskSpec(Section):
                     f"task.metrics: {name} does not judge {kind}; use "
                     + ("pearson, spearman" if self.predicts_score else "accuracy, f1, matthews_correlation")
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _verbalizer_covers_the_classes(self) -> TaskSpec:
+        if self.verbalizer is not None:
+            if self.type not in ("classification", "entailment"):
+                raise ValueError("task.verbalizer: only classification and entailment are scored by class words")
+            if self.labels is not None and set(self.verbalizer) != set(self.labels):
+                raise ValueError(f"task.verbalizer: needs one word for each of task.labels ({', '.join(self.labels)})")
         return self
 
     @model_validator(mode="after")

@@ -1,0 +1,104 @@
+"""Zero-shot scoring of a base decoder, GPT-1's heuristics: no fine-tuning, the language model's own
+log-probabilities of each answer's continuation decide.
+
+- multiple choice: the context, then each candidate as a continuation;
+- classification and entailment: the recipe's `task.prompt_template` filled from the row, then each class's
+  `task.verbalizer` word.
+
+Both the length-normalised score (mean log-probability per continuation token) and the unnormalised one
+(their sum) pick an answer; accuracy is reported for each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from finetune import data
+from finetune.errors import FinetuneError
+from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.gguf_models import local_checkpoint
+from finetune.labels import label_id
+from finetune.model import load_tokenizer, resolve_family
+from finetune.recipe import Recipe
+from finetune.validate import check
+
+
+def zero_shot(recipe: Recipe, split: str | None = None, batch_size: int = 16) -> dict[str, float]:
+    """Score the recipe's base checkpoint on its evaluation split (or `split`) without training."""
+    report = check(recipe)
+    report.raise_for_problems()
+    if resolve_family(recipe.model, report.model, report.family) != "decoder":
+        raise FinetuneError(
+            f"model.name: zero-shot scoring reads a language model's log-probabilities; "
+            f"{recipe.model.name} is not a decoder"
+        )
+    split = split or recipe.data.eval_split
+    raw = data.load_raw(recipe.data, {"eval": split})
+    data.check_columns(raw, recipe.task)
+    rows = list(data.cap_splits(raw, recipe.data, recipe.train.seed)["eval"])
+    questions = [options_of(row, recipe, number) for number, row in enumerate(rows)]
+    tokenizer = load_tokenizer(recipe.model, report.model)
+    model = AutoModelForCausalLM.from_pretrained(local_checkpoint(report.model)).eval()
+    pairs = [(prompt, continuation) for prompt, continuations, _ in questions for continuation in continuations]
+    sums, counts = continuation_logprobs(model, tokenizer, pairs, batch_size)
+    normalised, unnormalised, start = [], [], 0
+    for _, continuations, answer in questions:
+        total, length = sums[start : start + len(continuations)], counts[start : start + len(continuations)]
+        normalised.append(int(np.argmax(total / length)) == answer)
+        unnormalised.append(int(np.argmax(total)) == answer)
+        start += len(continuations)
+    return {
+        "accuracy": round(float(np.mean(normalised)), 6),
+        "accuracy_unnormalized": round(float(np.mean(unnormalised)), 6),
+        "num_examples": len(questions),
+    }
+
+
+def options_of(row: dict[str, Any], recipe: Recipe, number: int) -> tuple[str, list[str], int]:
+    """(prompt, continuations, index of the right one) for one row."""
+    task = recipe.task
+    if task.type == "multiple_choice":
+        texts, names = candidates_of(row, task)
+        answer = answer_index(get_field(row, task.label), names, len(texts))
+        return context_of(row, task), [f" {text}" for text in texts], answer
+    if task.type not in ("classification", "entailment") or not task.verbalizer or not task.prompt_template:
+        raise FinetuneError(
+            "task.verbalizer: zero-shot classification needs task.prompt_template and a "
+            "task.verbalizer word for each class (multiple choice needs neither)"
+        )
+    labels = list(task.verbalizer)
+    answer = label_id(get_field(row, task.label), task.labels or labels)
+    if answer is None:
+        raise FinetuneError(f"task.label: {get_field(row, task.label)!r} in row {number} is not one of {labels}")
+    try:
+        prompt = task.prompt_template.format_map(row)
+    except (KeyError, IndexError) as exc:
+        raise FinetuneError(f"task.prompt_template: the row has no field {exc}") from None
+    return prompt, [task.verbalizer[name] for name in (task.labels or labels)], answer
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of log p(continuation tokens | prompt) and the number of those tokens, for each (prompt, continuation)."""
+    sums, counts = [], []
+    for start in range(0, len(pairs), batch_size):
+        encoded = [
+            (tokenizer(p)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
+            for p, c in pairs[start : start + batch_size]
+        ]
+        width = max(len(p) + len(c) for p, c in encoded)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for p, c in encoded])  # (B, L), right-padded
+        mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in encoded])
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, L, V)
+        for row, (p, c) in enumerate(encoded):
+            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # each continuation token's predicting position
+            sums.append(logprobs[row, positions, torch.tensor(c)].sum().item())
+            counts.append(len(c))
+    return np.array(sums), np.array(counts)

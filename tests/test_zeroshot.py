@@ -1,0 +1,37 @@
+"""Zero-shot scoring: continuation log-probabilities computed independently, and the real SmolLM2 on real COPA."""
+
+from __future__ import annotations
+
+import torch
+from conftest import REPO, run_cli
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune.zeroshot import continuation_logprobs
+
+
+def test_continuation_logprobs_match_a_one_at_a_time_computation(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    pairs = [("the sky is", " blue"), ("a much longer prompt about the weather today", " rather grey and cold")]
+    sums, counts = continuation_logprobs(model, tokenizer, pairs, batch_size=2)  # batched, right-padded
+    for (prompt, continuation), total, count in zip(pairs, sums, counts):
+        p = tokenizer(prompt)["input_ids"]
+        c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0]
+        expected = sum(torch.log_softmax(logits[len(p) - 1 + i], -1)[token].item() for i, token in enumerate(c))
+        assert count == len(c) and abs(total - expected) < 1e-4
+
+
+def test_smollm2_zero_shot_on_real_copa(capsys):
+    result = run_cli("eval", REPO / "recipes/smollm2/copa-smollm2.yaml", "--zero-shot")
+    assert result.exit_code == 0 and result.metrics["num_examples"] == 100
+    assert result.metrics["accuracy_unnormalized"] >= 0.55  # 0.65 measured; chance is 0.5
+    assert 0.5 <= result.metrics["accuracy"] <= 1
+
+
+def test_zero_shot_needs_a_decoder_and_class_words(capsys):
+    assert run_cli("eval", REPO / "recipes/glue/sst2-minilm.yaml", "--zero-shot").exit_code == 2
+    assert "zero-shot scoring reads a language model's log-probabilities" in capsys.readouterr().err
+    result = run_cli("eval", REPO / "recipes/smollm2/mrpc-smollm2.yaml", "--zero-shot")
+    assert result.exit_code == 2 and "task.verbalizer: zero-shot classification needs" in capsys.readouterr().err
