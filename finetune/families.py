@@ -34,10 +34,10 @@ ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "maria
 
 # Families each task type runs on today.
 SUPPORTED_FAMILIES = {
-    "classification": {"encoder", "decoder"},
-    "regression": {"encoder", "decoder"},
-    "entailment": {"encoder", "decoder"},
-    "similarity": {"encoder", "decoder"},
+    "classification": {"encoder", "decoder", "encoder-decoder"},
+    "regression": {"encoder", "decoder", "encoder-decoder"},
+    "entailment": {"encoder", "decoder", "encoder-decoder"},
+    "similarity": {"encoder", "decoder", "encoder-decoder"},
     "multiple_choice": {"encoder", "decoder"},
 }
 

@@ -18,6 +18,7 @@ from finetune import data
 from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
+from finetune.families import detect_family
 from finetune.heads import ExtractTokenModel, add_gpt1_tokens
 from finetune.model import build_model, load_finetuned, load_tokenizer, resolve_family
 from finetune.plots import plot_training
@@ -111,6 +112,7 @@ def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str
     raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
     data.check_columns(raw, recipe.task)
     task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
+    task.family = family or "encoder"
     if family == "decoder":
         task.gpt1_ids = add_gpt1_tokens(tokenizer)
     raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
@@ -143,6 +145,7 @@ def load_run(folder: Path) -> LoadedRun:
     if recipe.task.has_classes:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     task = build_task(recipe.task, labels)
+    task.family = detect_family(model.config.to_dict())
     if isinstance(model, ExtractTokenModel):
         task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))

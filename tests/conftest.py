@@ -31,6 +31,8 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
     import torch
     from transformers import (
         AutoTokenizer,
+        BartConfig,
+        BartModel,
         BertConfig,
         BertModel,
         ElectraConfig,
@@ -60,6 +62,24 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
             GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256)
         ),
         "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **sizes)),
+        # BART's classification head reads the final decoder state at the last eos ([SEP] here)
+        "bart": lambda: BartModel(
+            BartConfig(
+                vocab_size=tokenizer.vocab_size,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=256,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.sep_token_id,
+                bos_token_id=tokenizer.cls_token_id,
+                decoder_start_token_id=tokenizer.sep_token_id,
+            )
+        ),
     }
     build[kind]().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -80,6 +100,7 @@ tiny_electra = _session_model(
     "electra", "A 2-layer ELECTRA discriminator (ElectraForPreTraining), randomly initialised."
 )
 tiny_gpt2 = _session_model("gpt2", "A 2-layer GPT-2 language model, randomly initialised.")
+tiny_bart = _session_model("bart", "A 2+2-layer BART encoder-decoder, randomly initialised.")
 tiny_llama = _session_model(
     "llama", "A 2-layer Llama-style language model (RoPE, RMSNorm, SwiGLU), randomly initialised."
 )

@@ -273,3 +273,27 @@ def test_resume_without_output_dir_continues_the_newest_run(tmp_path, tiny_bert,
     assert len(run_dirs) == 1 and first.run_dir.resolve() == run_dirs[0].resolve()
     resumed = run_cli("train", recipe, "--resume", "train.epochs=2")
     assert resumed.run_dir.resolve() == run_dirs[0].resolve() and resumed.metrics["train_steps"] == 8
+
+
+@pytest.mark.parametrize("task", ["classification", "similarity"])
+def test_bart_classifies_with_its_own_head(task, tmp_path, tiny_bart, sst2_rows):
+    """Encoder-decoder: BART's classification head (same input to encoder and decoder, head on the final eos)."""
+    if task == "classification":
+        rows, fields = sst2_rows, "text_a: sentence, label: label"
+    else:
+        rows, fields = (
+            sample_file(tmp_path, GLUE / "mrpc" / "train.tsv", 33),
+            "text_a: '#1 String', text_b: '#2 String', label: Quality",
+        )
+    recipe = recipe_file(
+        tmp_path,
+        f"""
+model: {tiny_bart}
+task: {{type: {task}, {fields}}}
+data: {{files: {{train: {rows}, fit: {rows}}}, eval_split: fit, max_length: 64, reader: {{quoting: none}}}}
+train: {{epochs: 30, batch_size: 8, lr: 2.0e-3, warmup: 0, eval_every: 40, save_every: 1000}}
+""",
+    )
+    result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    assert result.metrics["accuracy"] == 1.0
+    assert run_cli("eval", tmp_path / "run").metrics["accuracy"] == 1.0

@@ -33,6 +33,7 @@ class Task:
         self.spec = spec
         self.labels = labels
         self.gpt1_ids: dict[str, int] | None = None  # set for decoders: GPT-1's [start] [delim] [extract] ids
+        self.family = "encoder"
 
     @property
     def num_labels(self) -> int:
@@ -70,7 +71,10 @@ class Task:
         """
         if self.gpt1_ids is None:
             texts = [first] if second is None else [first, second]
-            return dict(tokenizer(*texts, truncation=True, max_length=max_length))
+            encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
+            if self.family == "encoder-decoder":  # BART reads the same input in encoder and decoder; no token types
+                encoded.pop("token_type_ids", None)
+            return encoded
         ids = self.gpt1_ids
         a = tokenizer(first, add_special_tokens=False)["input_ids"]
         b = tokenizer(second, add_special_tokens=False)["input_ids"] if second is not None else None
