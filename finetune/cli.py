@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("-n", type=int, default=5, help="number of examples (default 5)")
     inspect.add_argument("--split", choices=["train", "eval"], default="train")
 
-    predict = command("predict", "Predict labels (with probabilities) or scores for a jsonl, json, csv or tsv file.")
+    predict = command(
+        "predict", "Predict labels (with probabilities) or scores for a jsonl, json, csv, tsv or parquet file."
+    )
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("--input", required=True, type=Path)
     predict.add_argument("--output", type=Path, help="write predictions here as jsonl (default: print them)")

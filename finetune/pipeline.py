@@ -33,7 +33,7 @@ from finetune.rundir import (
     write_json,
     write_recipe,
 )
-from finetune.sources import LocalTables, read_rows
+from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
 from finetune.tasks import Task, build_task
 from finetune.validate import check
 
@@ -167,7 +167,7 @@ def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
 
 
 def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> list[dict[str, Any]]:
-    """`finetune predict`: label (with probabilities) or score every row of a jsonl, json, csv or tsv file."""
+    """`finetune predict`: label (with probabilities) or score every row of a jsonl, json, csv, tsv or parquet file."""
     run = load_run(folder)
     rows = _read_inputs(input_path, run.task)
     columns = {c: [r.get(c) for r in rows] for c in rows[0]}
@@ -181,9 +181,9 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
 
 
 def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
-    fmt = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}.get(path.suffix)
+    fmt = FORMATS_BY_SUFFIX.get(path.suffix)
     if fmt is None:
-        raise FinetuneError(f"--input: {path.name} is not .jsonl, .json, .csv or .tsv")
+        raise FinetuneError(f"--input: {path.name} is not one of {', '.join(FORMATS_BY_SUFFIX)}")
     rows = list(read_rows(LocalTables({"input": path}, ReaderSpec(), {}, "--input"), "input", fmt))
     missing = [c for c in task.text_fields if rows and c not in rows[0]]
     if not rows or missing:

@@ -14,7 +14,7 @@ from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config
 from finetune.fields import answer_index, candidates_of, get_field, task_fields
 from finetune.labels import infer_labels, label_id, regression_target
 from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
-from finetune.recipe.schema import Recipe, TaskSpec
+from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 
 MAX_REPORTED_ROWS = 3  # bad label values reported per split before the rest are counted
@@ -140,29 +140,27 @@ def _check_columns(recipe: Recipe, split: str, first_row: dict, source: LocalTab
 def _check_labels(recipe: Recipe, split: str, rows: list[dict], report: Report) -> None:
     task = recipe.task
     if task.type == "multiple_choice":
-        bad = [(n, _value(r, task.label)) for n, r in enumerate(rows) if _answer(r, task) is None]
         expected = "not one of the row's candidates (by name or index)"
+
+        def reads(row: dict, value: object) -> object:
+            texts, names = candidates_of(row, task)
+            return answer_index(value, names, len(texts))
     elif task.has_classes:
-        bad = [
-            (n, _value(r, task.label))
-            for n, r in enumerate(rows)
-            if label_id(_value(r, task.label), report.labels) is None
-        ]
         expected = f"not one of the classes ({', '.join(report.labels)})"
+
+        def reads(row: dict, value: object) -> object:
+            return label_id(value, report.labels)
     else:
-        bad = [
-            (n, _value(r, task.label)) for n, r in enumerate(rows) if regression_target(_value(r, task.label)) is None
-        ]
         expected = "not a number"
+
+        def reads(row: dict, value: object) -> object:
+            return regression_target(value)
+
+    bad = [(n, value) for n, row in enumerate(rows) if reads(row, value := _value(row, task.label)) is None]
     for number, value in bad[:MAX_REPORTED_ROWS]:
         report.problems.append(f"task.label: {value!r} in row {number} of split {split!r} is {expected}")
     if len(bad) > MAX_REPORTED_ROWS:
         report.problems.append(f"task.label: {len(bad) - MAX_REPORTED_ROWS} more bad labels in split {split!r}")
-
-
-def _answer(row: dict, task: TaskSpec) -> int | None:
-    texts, names = candidates_of(row, task)
-    return answer_index(_value(row, task.label), names, len(texts))
 
 
 def _value(row: dict, path: str) -> object:
