@@ -57,22 +57,36 @@ class GroupCollator:
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        groups = max(len(f["input_ids"]) for f in features)
-        length = max(len(seq) for f in features for seq in f["input_ids"])
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]]
         pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
-        batch = {
-            key: torch.tensor(
-                [[seq + [pads[key]] * (length - len(seq)) for seq in _fill(f[key], groups)] for f in features]
-            )  # (B, k, L)
-            for key in keys
-        }
-        batch["choice_mask"] = torch.tensor([[i < len(f["input_ids"]) for i in range(groups)] for f in features])
+        batch = pad_groups(features, keys, pads, self.pad_to_multiple_of)
+        batch["choice_mask"] = group_mask(features, "input_ids")
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch
+
+
+def pad_groups(
+    features: list[dict], keys: list[str], pads: dict[str, int], pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Each key's groups of sequences padded to one (B, k, L) tensor; a short group repeats its first sequence."""
+    first = features[0][keys[0]]
+    groups = max(len(f[keys[0]]) for f in features)
+    length = max(len(seq) for f in features for seq in f[keys[0]]) if first else 0
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    return {
+        key: torch.tensor(
+            [[seq + [pads[key]] * (length - len(seq)) for seq in _fill(f[key], groups)] for f in features]
+        )  # (B, k, L)
+        for key in keys
+    }
+
+
+def group_mask(features: list[dict], key: str) -> torch.Tensor:
+    """(B, k) booleans: which of the k groups are an example's own, not padding."""
+    groups = max(len(f[key]) for f in features)
+    return torch.tensor([[i < len(f[key]) for i in range(groups)] for f in features])
 
 
 def _fill(sequences: list[list[int]], groups: int) -> list[list[int]]:

@@ -176,8 +176,8 @@ def _validate(args: argparse.Namespace) -> CliResult:
 
 def _inspect(args: argparse.Namespace) -> CliResult:
     from finetune.inspection import render_example
-    from finetune.model import load_tokenizer, resolve_family
-    from finetune.pipeline import prepare_data
+    from finetune.model import load_tokenizer
+    from finetune.pipeline import prepare_data, settle_architecture
     from finetune.recipe import load_recipe
     from finetune.validate import check
 
@@ -185,7 +185,8 @@ def _inspect(args: argparse.Namespace) -> CliResult:
     report = check(recipe)
     report.raise_for_problems()
     tokenizer = load_tokenizer(recipe.model, report.model)
-    task, tokenized = prepare_data(recipe, tokenizer, resolve_family(recipe.model, report.model, report.family))
+    recipe, family = settle_architecture(recipe, report)
+    task, tokenized = prepare_data(recipe, tokenizer, family)
     split = tokenized[args.split]
     for index in range(min(args.n, len(split))):
         print(render_example(index, split[index], tokenizer, task), end="\n\n")

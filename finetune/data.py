@@ -149,7 +149,8 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
 
 def _formatting_code(task: Task) -> str:
     """The source of the code that formats this task's rows, so that changing it invalidates the cache."""
-    classes = [cls for cls in type(task).__mro__ if cls.__module__.startswith("finetune.")]
+    parts = [type(task), type(getattr(task, "head", task))]  # similarity and text to text format through a head
+    classes = [cls for part in parts for cls in part.__mro__ if cls.__module__.startswith("finetune.")]
     modules = {inspect.getmodule(cls) for cls in classes} | {inspect.getmodule(get_field)}
     return "".join(sorted(inspect.getsource(module) for module in modules))
 

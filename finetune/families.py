@@ -31,6 +31,9 @@ DECODER_TYPES = {
     "olmo2",
 }
 ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "longt5"}
+# Encoder-decoders whose papers classify with a head on the final decoder state; the rest (T5 and its kin) are
+# text to text and write the class word.
+CLASSIFIER_ENCODER_DECODERS = {"bart", "mbart", "led"}
 
 # Families each task type runs on today.
 SUPPORTED_FAMILIES = {
@@ -38,7 +41,7 @@ SUPPORTED_FAMILIES = {
     "regression": {"encoder", "decoder", "encoder-decoder"},
     "entailment": {"encoder", "decoder", "encoder-decoder"},
     "similarity": {"encoder", "decoder", "encoder-decoder"},
-    "multiple_choice": {"encoder", "decoder"},
+    "multiple_choice": {"encoder", "decoder", "encoder-decoder"},
 }
 
 
@@ -62,3 +65,13 @@ def detect_family(config: dict[str, Any]) -> str:
     if model_type in DECODER_TYPES or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return "decoder"
     return "encoder"
+
+
+def resolve_head(head: str, family: str, model_type: str | None, predicts_score: bool) -> str:
+    """The head `task.head: auto` means: text_to_text for T5-style encoder-decoders predicting classes or
+    candidates, classifier otherwise (scores always get a regression head)."""
+    if head != "auto":
+        return head
+    if family == "encoder-decoder" and model_type not in CLASSIFIER_ENCODER_DECODERS and not predicts_score:
+        return "text_to_text"
+    return "classifier"

@@ -39,17 +39,21 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
         rows = {"token": tokenizer.convert_ids_to_tokens(layout.pop("input_ids"))}
         rows.update({name.removesuffix("_ids").replace("attention_mask", "attention"): v for name, v in layout.items()})
         lines += _columns(rows, width=width)
+    if "target_ids" in features:  # text to text: the targets scored, the right one marked with *
+        right = features.get("labels")
+        targets = [tokenizer.decode(ids, skip_special_tokens=True) for ids in features["target_ids"]]
+        lines.append("  targets  " + " | ".join(f"{t}*" if i == right else t for i, t in enumerate(targets)))
     return "\n".join(lines)
 
 
 def _group_name(task: Task) -> str:
-    return "candidate" if task.name == "multiple_choice" else "ordering"
+    return {"multiple_choice": "candidate", "text_to_text": "source"}.get(task.name, "ordering")
 
 
 def _label_text(label: Any, task: Task) -> str:
     if label is None:
         return "no label"
-    if task.name == "multiple_choice":
+    if task.spec.type == "multiple_choice":
         return f"answer: candidate {int(label)}"
     if task.labels:
         return f"label {task.labels[int(label)]} (id {int(label)})"

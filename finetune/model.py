@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -22,6 +23,9 @@ from finetune.mirrors import ResolvedModel
 from finetune.recipe.schema import ModelSpec
 from finetune.tasks import Task
 
+if TYPE_CHECKING:
+    from finetune.validate import Report
+
 log = logging.getLogger(__name__)
 
 
@@ -35,17 +39,17 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
         raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {_first_line(exc)}") from None
 
 
-def resolve_family(spec: ModelSpec, resolved: ResolvedModel, known: str | None) -> str:
-    """The family validation found, or, for a Hub checkpoint it could not see, the one its config names."""
-    if known is not None:
-        return known
+def resolve_architecture(spec: ModelSpec, report: Report) -> tuple[str, str | None]:
+    """The family and model type validation found or, for a Hub checkpoint it could not see, those of its config."""
+    if report.family is not None and (report.family != "encoder-decoder" or report.model_type is not None):
+        return report.family, report.model_type
     try:
         config = AutoConfig.from_pretrained(
-            local_checkpoint(resolved), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            local_checkpoint(report.model), revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
-    return detect_family(config.to_dict())
+    return report.family or detect_family(config.to_dict()), config.model_type
 
 
 def build_model(

@@ -18,9 +18,9 @@ from finetune import data
 from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
-from finetune.families import detect_family
+from finetune.families import detect_family, read_config, resolve_head
 from finetune.heads import ExtractTokenModel, add_gpt1_tokens
-from finetune.model import build_model, load_finetuned, load_tokenizer, resolve_family
+from finetune.model import build_model, load_finetuned, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
 from finetune.recipe.schema import ReaderSpec
@@ -35,7 +35,7 @@ from finetune.rundir import (
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
 from finetune.tasks import Task, build_task
-from finetune.validate import check
+from finetune.validate import Report, check, head_problems
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
-        family = resolve_family(recipe.model, report.model, report.family)
+        recipe, family = settle_architecture(recipe, report)
         task, tokenized = prepare_data(recipe, tokenizer, family)
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
-        recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"labels": task.labels})})
+        recipe = _with_task(recipe, labels=task.labels)
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
     model = build_model(
         recipe.model, report.model, task, tokenizer
@@ -97,6 +97,22 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         plot_training(run_dir)
     accelerator.end_training()
     return RunResult(run_dir, metrics)
+
+
+def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
+    """The checkpoint's family, and the recipe with `task.head: auto` resolved (written into recipe.yaml)."""
+    family, model_type = resolve_architecture(recipe.model, report)
+    problems = head_problems(recipe, family, model_type)
+    if problems:
+        raise FinetuneError(*problems)
+    head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
+    if head != recipe.task.head:
+        log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
+    return _with_task(recipe, head=head), family
+
+
+def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
+    return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
 
 
 def _peak_memory() -> dict[str, float]:
@@ -140,7 +156,9 @@ class LoadedRun:
 def load_run(folder: Path) -> LoadedRun:
     """Load a run folder or one of its checkpoints onto this machine's device."""
     recipe = load_recipe(find_recipe(folder))
-    model, tokenizer = load_finetuned(str(folder), build_task(recipe.task, None).model_class)
+    probe = build_task(recipe.task, None)
+    probe.family = detect_family(read_config(folder))
+    model, tokenizer = load_finetuned(str(folder), probe.model_class)
     labels = None
     if recipe.task.has_classes:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

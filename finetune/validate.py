@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config
+from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config, resolve_head
 from finetune.fields import answer_index, candidates_of, get_field, task_fields
 from finetune.labels import infer_labels, label_id, regression_target
 from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
@@ -27,6 +27,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     family: str | None = None
+    model_type: str | None = None
     labels: list[str] | None = None
     model: ResolvedModel | None = None
 
@@ -61,6 +62,7 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     else:
         config = read_config(config_dir)
         report.family = detect_family(config) if spec.family == "auto" else spec.family
+        report.model_type = config.get("model_type")
         positions = config.get("max_position_embeddings") or config.get("n_positions")
         if positions and recipe.data.max_length > positions:
             report.problems.append(
@@ -75,12 +77,34 @@ def _check_model(recipe: Recipe, report: Report) -> None:
         report.problems.append(
             f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
         )
+    _check_head(recipe, report)
     supported = SUPPORTED_FAMILIES[recipe.task.type]
     if report.family is not None and report.family not in supported:
         raise FinetuneError(
             f"model.family: task type {recipe.task.type} runs on {', '.join(sorted(supported))} checkpoints; "
             f"{spec.name} is {report.family}"
         )
+
+
+def _check_head(recipe: Recipe, report: Report) -> None:
+    if report.family is not None and (report.family != "encoder-decoder" or report.model_type is not None):
+        report.problems.extend(head_problems(recipe, report.family, report.model_type))
+    # otherwise checked once the checkpoint's config loads
+
+
+def head_problems(recipe: Recipe, family: str, model_type: str | None) -> list[str]:
+    """text_to_text needs an encoder-decoder; a task prefix needs text_to_text."""
+    task = recipe.task
+    if task.head == "text_to_text" and family != "encoder-decoder":
+        return [
+            f"task.head: text_to_text needs an encoder-decoder checkpoint (T5, BART); {recipe.model.name} is {family}"
+        ]
+    if task.prefix is not None and resolve_head(task.head, family, model_type, task.predicts_score) != "text_to_text":
+        return [
+            f"task.prefix: only the text_to_text head reads a task prefix; {recipe.model.name} gets a classifier "
+            "(set task.head: text_to_text on an encoder-decoder)"
+        ]
+    return []
 
 
 def _hub_cached_config(repo_id: str, revision: str | None) -> str | None:

@@ -6,7 +6,11 @@ log-probabilities of each answer's continuation decide.
   `task.verbalizer` word.
 
 Both the length-normalised score (mean log-probability per continuation token) and the unnormalised one
-(their sum) pick an answer; accuracy is reported for each.
+(their sum) pick an answer; accuracy is reported for each, the recipe's other metrics (F1 for MRPC) for the
+normalised one.
+
+A text-to-text encoder-decoder (T5, Flan-T5) is scored the way it is evaluated after fine-tuning: the sum of
+each target's log-probabilities given the source (the task prefix and fields, see tasks/text_to_text.py).
 """
 
 from __future__ import annotations
@@ -15,28 +19,37 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
-from finetune.model import load_tokenizer, resolve_family
+from finetune.engine import make_accelerator
+from finetune.evaluation import evaluate_model
+from finetune.metrics import compute_metrics
+from finetune.model import load_tokenizer
+from finetune.pipeline import settle_architecture
 from finetune.recipe import Recipe
-from finetune.validate import check
+from finetune.tasks import build_task
+from finetune.validate import Report, check
 
 
 def zero_shot(recipe: Recipe, split: str | None = None, batch_size: int = 16) -> dict[str, float]:
     """Score the recipe's base checkpoint on its evaluation split (or `split`) without training."""
     report = check(recipe)
     report.raise_for_problems()
-    if resolve_family(recipe.model, report.model, report.family) != "decoder":
+    recipe, family = settle_architecture(recipe, report)
+    split = split or recipe.data.eval_split
+    if recipe.task.head == "text_to_text":
+        return _zero_shot_text_to_text(recipe, report, split)
+    if family != "decoder":
         raise FinetuneError(
             f"model.name: zero-shot scoring reads a language model's log-probabilities; "
-            f"{recipe.model.name} is not a decoder"
+            f"{recipe.model.name} is {family}, without a language-modelling head"
         )
-    split = split or recipe.data.eval_split
     raw = data.load_raw(recipe.data, {"eval": split})
     data.check_columns(raw, recipe.task)
     rows = list(data.cap_splits(raw, recipe.data, recipe.train.seed)["eval"])
@@ -45,17 +58,31 @@ def zero_shot(recipe: Recipe, split: str | None = None, batch_size: int = 16) ->
     model = AutoModelForCausalLM.from_pretrained(local_checkpoint(report.model)).eval()
     pairs = [(prompt, continuation) for prompt, continuations, _ in questions for continuation in continuations]
     sums, counts = continuation_logprobs(model, tokenizer, pairs, batch_size)
-    normalised, unnormalised, start = [], [], 0
+    normalised, unnormalised, answers, start = [], [], [], 0
     for _, continuations, answer in questions:
         total, length = sums[start : start + len(continuations)], counts[start : start + len(continuations)]
-        normalised.append(int(np.argmax(total / length)) == answer)
-        unnormalised.append(int(np.argmax(total)) == answer)
+        normalised.append(int(np.argmax(total / length)))
+        unnormalised.append(int(np.argmax(total)))
+        answers.append(answer)
         start += len(continuations)
-    return {
-        "accuracy": round(float(np.mean(normalised)), 6),
-        "accuracy_unnormalized": round(float(np.mean(unnormalised)), 6),
-        "num_examples": len(questions),
-    }
+    metrics = compute_metrics(recipe.task.metric_names, normalised, answers)  # e.g. f1 for MRPC, on normalised
+    metrics["accuracy"] = float(np.mean(np.array(normalised) == answers))
+    metrics["accuracy_unnormalized"] = float(np.mean(np.array(unnormalised) == answers))
+    return {**{k: round(v, 6) for k, v in metrics.items()}, "num_examples": len(questions)}
+
+
+def _zero_shot_text_to_text(recipe: Recipe, report: Report, split: str) -> dict[str, float]:
+    raw = data.cap_splits(data.load_raw(recipe.data, {"eval": split}), recipe.data, recipe.train.seed)
+    data.check_columns(raw, recipe.task)
+    task = build_task(recipe.task, data.resolve_labels(recipe, raw["eval"]))
+    task.family = "encoder-decoder"
+    tokenizer = load_tokenizer(recipe.model, report.model)
+    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)["eval"]
+    accelerator = make_accelerator(recipe.train)
+    model = accelerator.prepare(AutoModelForSeq2SeqLM.from_pretrained(local_checkpoint(report.model)))
+    loader = DataLoader(tokenized, batch_size=recipe.train.eval_batch_size, collate_fn=task.collator(tokenizer, None))
+    metrics = evaluate_model(model, accelerator.prepare(loader), task, accelerator)
+    return {**metrics, "num_examples": len(tokenized)}
 
 
 def options_of(row: dict[str, Any], recipe: Recipe, number: int) -> tuple[str, list[str], int]:
@@ -65,7 +92,7 @@ def options_of(row: dict[str, Any], recipe: Recipe, number: int) -> tuple[str, l
         texts, names = candidates_of(row, task)
         answer = answer_index(get_field(row, task.label), names, len(texts))
         return context_of(row, task), [f" {text}" for text in texts], answer
-    if task.type not in ("classification", "entailment") or not task.verbalizer or not task.prompt_template:
+    if not task.has_classes or not task.verbalizer or not task.prompt_template:
         raise FinetuneError(
             "task.verbalizer: zero-shot classification needs task.prompt_template and a "
             "task.verbalizer word for each class (multiple choice needs neither)"

@@ -41,6 +41,8 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
     )
 
     from finetune.mirrors import resolve_model
@@ -80,6 +82,20 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
                 decoder_start_token_id=tokenizer.sep_token_id,
             )
         ),
+        # T5 ends sequences with eos ([SEP] here) and starts the decoder from pad, as the real one does
+        "t5": lambda: T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=tokenizer.vocab_size,
+                d_model=32,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_heads=2,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.sep_token_id,
+                decoder_start_token_id=tokenizer.pad_token_id,
+            )
+        ),
     }
     build[kind]().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -101,6 +117,7 @@ tiny_electra = _session_model(
 )
 tiny_gpt2 = _session_model("gpt2", "A 2-layer GPT-2 language model, randomly initialised.")
 tiny_bart = _session_model("bart", "A 2+2-layer BART encoder-decoder, randomly initialised.")
+tiny_t5 = _session_model("t5", "A 2+2-layer T5 encoder-decoder with its LM head, randomly initialised.")
 tiny_llama = _session_model(
     "llama", "A 2-layer Llama-style language model (RoPE, RMSNorm, SwiGLU), randomly initialised."
 )

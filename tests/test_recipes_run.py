@@ -25,6 +25,9 @@ STAND_INS = {
     "google/electra": "tiny_electra",
     "openai-community/openai-gpt": "tiny_gpt2",
     "HuggingFaceTB/SmolLM2": "tiny_llama",
+    "google-t5/": "tiny_t5",
+    "google/flan-t5": "tiny_t5",
+    "facebook/bart": "tiny_bart",
 }
 
 

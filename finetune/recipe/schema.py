@@ -108,7 +108,18 @@ class TaskSpec(Section):
         None, description="Zero-shot classification: the prompt before the class word, e.g. '{sentence} It was'."
     )
     verbalizer: dict[str, str] | None = Field(
-        None, description="Zero-shot classification: the continuation for each class, e.g. {positive: ' great'}."
+        None,
+        description="The word for each class: scored after task.prompt_template in zero-shot classification "
+        "({positive: ' great'}), written by a text_to_text head (default: the class names).",
+    )
+    head: Literal["auto", "classifier", "text_to_text"] = Field(
+        "auto",
+        description="Encoder-decoders: classifier (the library's classification head, as BART's paper does) or "
+        "text_to_text (T5: the model writes the class word, scored among the classes' words); auto picks "
+        "text_to_text for T5-style checkpoints, classifier otherwise.",
+    )
+    prefix: str | None = Field(
+        None, description="text_to_text: T5's task prefix before the fields, e.g. rte (rte sentence1: ... sentence2: ...)."
     )
     target: Literal["class", "score"] = Field(
         "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
@@ -179,10 +190,20 @@ class TaskSpec(Section):
         return self
 
     @model_validator(mode="after")
+    def _text_to_text_writes_words(self) -> TaskSpec:
+        if self.head == "text_to_text" and self.predicts_score:
+            raise ValueError(
+                "task.head: text_to_text writes class words, not scores; use task.head: classifier for a score"
+            )
+        if self.prefix is not None and self.head == "classifier":
+            raise ValueError("task.prefix: only the text_to_text head reads a task prefix")
+        return self
+
+    @model_validator(mode="after")
     def _verbalizer_covers_the_classes(self) -> TaskSpec:
         if self.verbalizer is not None:
-            if self.type not in ("classification", "entailment"):
-                raise ValueError("task.verbalizer: only classification and entailment are scored by class words")
+            if not self.has_classes:
+                raise ValueError("task.verbalizer: only tasks that predict classes are scored by class words")
             if self.labels is not None and set(self.verbalizer) != set(self.labels):
                 raise ValueError(f"task.verbalizer: needs one word for each of task.labels ({', '.join(self.labels)})")
         return self

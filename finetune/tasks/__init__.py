@@ -6,6 +6,7 @@ from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
 from finetune.tasks.regression import Regression
 from finetune.tasks.similarity import Similarity
+from finetune.tasks.text_to_text import TextToText
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
@@ -17,8 +18,11 @@ TASKS: dict[str, type[Task]] = {
 
 
 def build_task(spec: TaskSpec, labels: list[str] | None) -> Task:
-    """The task object for a recipe's task section; `labels` are the class names when it predicts classes."""
+    """The task object for a recipe's task section; `labels` are the class names when it predicts classes.
+    A text_to_text head (T5) formats every task type as source and target texts instead."""
+    if spec.head == "text_to_text":
+        return TextToText(spec, labels)
     return TASKS[spec.type](spec, labels)
 
 
-__all__ = ["TASKS", "Task", "build_task"]
+__all__ = ["TASKS", "Task", "TextToText", "build_task"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForMultipleChoice, PreTrainedTokenizerBase
+from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
 from finetune.errors import FinetuneError
@@ -22,7 +22,11 @@ from finetune.tasks.base import Task, add_aux_loss, batch_rows, softmax
 class MultipleChoice(Task):
     name = "multiple_choice"
     problem_type = None  # the multiple-choice head has one output per candidate; configs accept no name for it
-    model_class = AutoModelForMultipleChoice
+
+    @property
+    def model_class(self) -> type:
+        """Encoders have the library's multiple-choice head; other families score each candidate with one output."""
+        return AutoModelForMultipleChoice if self.family == "encoder" else AutoModelForSequenceClassification
 
     @property
     def num_labels(self) -> int:
@@ -38,13 +42,18 @@ class MultipleChoice(Task):
             for key in pairs[0]:
                 features.setdefault(key, []).append([pair[key] for pair in pairs])  # k sequences
             if self.spec.label.split(".")[0] in row:
-                answer = answer_index(get_field(row, self.spec.label), names, len(texts))
-                if answer is None:
-                    raise FinetuneError(
-                        f"task.label: {get_field(row, self.spec.label)!r} in row {number} names no candidate"
-                    )
-                features.setdefault("labels", []).append(answer)
+                value = get_field(row, self.spec.label)
+                features.setdefault("labels", []).append(
+                    self.check_answer(answer_index(value, names, len(texts)), value, number)
+                )
         return features
+
+    @staticmethod
+    def check_answer(answer: int | None, value: Any, row: int) -> int:
+        """The right candidate's index, or an error naming the row whose label names none."""
+        if answer is None:
+            raise FinetuneError(f"task.label: {value!r} in row {row} names no candidate")
+        return answer
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
         return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)
@@ -54,7 +63,7 @@ class MultipleChoice(Task):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         labels, mask = batch.get("labels"), batch["choice_mask"]
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (B, k, L)
-        if self.gpt1_ids is not None:  # a decoder head scores one sequence at a time: (B*k, L) -> (B*k, 1)
+        if self.family != "encoder":  # a decoder's or encoder-decoder's head scores one sequence: (B*k, L) -> (B*k, 1)
             inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
         output = model(**inputs)
         scores = output.logits.view(mask.shape).masked_fill(~mask, float("-inf"))  # (B, k): padding never wins

@@ -1,0 +1,179 @@
+"""GPT-1's task table on this machine: MiniLM-L6 and SmolLM2-135M fine-tuned and zero-shot on RTE, MRPC,
+STS-B, COPA and CommonsenseQA, with GPT-1's ablations (auxiliary LM loss on/off for SmolLM2, pretrained
+against random initialisation for MiniLM).
+
+Usage: python bench/gpt1_table.py [KEY ...]   (default: every run; KEY as in RUNS, e.g. minilm-rte)
+       python bench/gpt1_table.py --table     (only rewrite bench/results/gpt1-table.md from stored results)
+Each run is one `finetune` command (shown in its result file) under a budget that fits 2 CPU cores:
+the caps are part of the command and are printed beside each figure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from glue import hardware
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "gpt1"
+TABLE = REPO / "bench" / "results" / "gpt1-table.md"
+
+TASKS = {  # task: (MiniLM recipe, SmolLM2 recipe, reported metric)
+    "rte": ("recipes/gpt1/rte-entailment-minilm.yaml", "recipes/smollm2/rte-smollm2.yaml", "accuracy"),
+    "mrpc": ("recipes/gpt1/mrpc-similarity-minilm.yaml", "recipes/smollm2/mrpc-smollm2.yaml", "f1"),
+    "stsb": ("recipes/gpt1/stsb-similarity-minilm.yaml", "recipes/smollm2/stsb-smollm2.yaml", "pearson"),
+    "copa": ("recipes/choice/copa-minilm.yaml", "recipes/smollm2/copa-smollm2.yaml", "accuracy"),
+    "commonsenseqa": (
+        "recipes/choice/commonsenseqa-minilm.yaml",
+        "recipes/smollm2/commonsenseqa-smollm2.yaml",
+        "accuracy",
+    ),
+}
+# 2 CPU cores: MiniLM trains on up to 2,000 examples with its recipe's epochs; SmolLM2 (135M) on 384 for one
+# epoch, evaluated on the first 200 dev examples (COPA: all 100).
+MINILM_CAPS = ["data.max_train_samples=2000"]
+SMOLLM2_CAPS = ["data.max_train_samples=384", "train.epochs=1", "data.max_eval_samples=200"]
+SMOLLM2_ZERO_SHOT_CAPS = ["data.max_eval_samples=200"]
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    task: str
+    model: str  # MiniLM-L6 | SmolLM2-135M
+    setting: str  # fine-tuned | random init | aux 0.5 | aux 0 | zero-shot
+    command: list[str]
+
+
+def runs() -> list[Run]:
+    found = []
+    for task, (minilm, smollm2, _) in TASKS.items():
+        found.append(Run(f"minilm-{task}", task, "MiniLM-L6", "pretrained", ["train", minilm, *MINILM_CAPS]))
+        found.append(
+            Run(
+                f"minilm-{task}-random",
+                task,
+                "MiniLM-L6",
+                "random init",
+                ["train", minilm, *MINILM_CAPS, "model.init=random"],
+            )
+        )
+        found.append(Run(f"smollm2-{task}-aux", task, "SmolLM2-135M", "aux 0.5", ["train", smollm2, *SMOLLM2_CAPS]))
+        found.append(
+            Run(
+                f"smollm2-{task}-noaux",
+                task,
+                "SmolLM2-135M",
+                "aux 0",
+                ["train", smollm2, *SMOLLM2_CAPS, "task.aux_lm_weight=0"],
+            )
+        )
+        found.append(
+            Run(
+                f"smollm2-{task}-zeroshot",
+                task,
+                "SmolLM2-135M",
+                "zero-shot",
+                ["eval", smollm2, "--zero-shot", *SMOLLM2_ZERO_SHOT_CAPS],
+            )
+        )
+    return found
+
+
+def execute(run: Run) -> dict:
+    out = REPO / "runs" / "bench" / "gpt1" / run.key
+    command = ["finetune", *run.command]
+    if run.command[0] == "train":
+        command += [f"output_dir={out.relative_to(REPO)}", "--overwrite"]
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "finetune"), *command[1:]], cwd=REPO, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{run.key} failed:\n{done.stderr[-3000:]}")
+    if run.command[0] == "train":
+        metrics = json.loads((out / "metrics.json").read_text())
+    else:
+        metrics = _parse_metrics_line(done.stdout.strip().splitlines()[-1])
+    return {**run.__dict__, "command": " ".join(command), "wall_s": round(wall, 1), "hardware": hardware(), **metrics}
+
+
+def _parse_metrics_line(line: str) -> dict:
+    """`accuracy 0.56  accuracy_unnormalized 0.65  num_examples 100` as a dict of numbers."""
+    parts = line.split()
+    return {name: float(value) for name, value in zip(parts[::2], parts[1::2])}
+
+
+# GPT-1 (Radford et al. 2018), GLUE test sets: Table 2/3 and the ablations of Table 5.
+PAPER = {
+    "rte": {"full": 56.0, "no pretraining": 53.8, "no aux LM": 54.4},
+    "mrpc": {"full": 82.3, "no pretraining": 79.4, "no aux LM": 84.9},
+    "stsb": {"full": 82.0, "no pretraining": 30.9, "no aux LM": 83.2},
+}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "pearson": "Pearson"}
+
+
+def table() -> str:
+    """The Markdown table of every stored result, one row per task, with GPT-1's figures beside."""
+    stored = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    settings = [
+        ("minilm-{}", "MiniLM-L6 fine-tuned"),
+        ("minilm-{}-random", "MiniLM-L6 random init"),
+        ("smollm2-{}-aux", "SmolLM2 fine-tuned, aux 0.5"),
+        ("smollm2-{}-noaux", "SmolLM2 fine-tuned, aux 0"),
+        ("smollm2-{}-zeroshot", "SmolLM2 zero-shot"),
+    ]
+    lines = [
+        "| task (dev metric) | " + " | ".join(name for _, name in settings) + " | GPT-1 paper (test): full / no pretraining / no aux |",
+        "|---" * (len(settings) + 2) + "|",
+    ]
+    for task, (_, _, metric) in TASKS.items():
+        cells = []
+        for pattern, _ in settings:
+            result = stored.get(pattern.format(task))
+            cells.append(_cell(result, metric))
+        paper = PAPER.get(task)
+        paper_cell = " / ".join(f"{v:.1f}" for v in paper.values()) if paper else "not in the paper"
+        lines.append(f"| {task} ({METRIC_NAMES[metric]}) | " + " | ".join(cells) + f" | {paper_cell} |")
+    commands = [f"- `{r['key']}`: `{r['command']}` ({r['wall_s'] / 60:.1f} min)" for r in stored.values()]
+    hardware_line = next(iter(stored.values()))["hardware"] if stored else ""
+    return "\n".join([*lines, "", f"Hardware: {hardware_line}.", "", "Commands:", *commands]) + "\n"
+
+
+def _cell(result: dict | None, metric: str) -> str:
+    if result is None:
+        return "-"
+    if result["setting"] == "zero-shot":
+        if "accuracy" not in result and metric not in result:
+            return "-"
+        value = result.get(metric, result.get("accuracy"))
+        extra = f" ({result['accuracy_unnormalized'] * 100:.1f} unnorm.)" if "accuracy_unnormalized" in result else ""
+        return f"{value * 100:.1f}{extra}"
+    return f"{result[metric] * 100:.1f}"
+
+
+def main(keys: list[str]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    by_key = {r.key: r for r in runs()}
+    unknown = [key for key in keys if key not in by_key]
+    if unknown:
+        raise SystemExit(f"unknown run keys: {', '.join(unknown)}")
+    chosen = [by_key[key] for key in keys] if keys else list(by_key.values())  # in the order given
+    for run in chosen:
+        result = execute(run)
+        (RESULTS / f"{run.key}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result), flush=True)
+        TABLE.write_text(table())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--table"]:
+        TABLE.write_text(table())
+    else:
+        main(sys.argv[1:])

@@ -1,0 +1,154 @@
+"""Text to text, as T5 does it: the row becomes a source text (the task prefix, then each field as `name: text`)
+and the model learns to write the right target (teacher-forced cross-entropy on its tokens):
+
+    rte sentence1: A man plays a guitar. sentence2: Someone plays music.   ->   entailment
+
+The targets are the class words (`task.verbalizer`, default the class names) or, for multiple choice, the
+row's own candidates. Every target is scored under the model by the sum of its tokens' log-probabilities
+(constrained scoring), so a prediction is always one of them; similarity scores both orderings of the pair
+and adds their log-probabilities. Classes train with T5's loss, teacher-forced cross-entropy on the right
+word's tokens; multiple choice with GPT-1's, the softmax over the candidates' scores and cross-entropy on the
+right one (learning to write whole answers would teach the ranking only indirectly). `eval_loss` is that
+softmax's cross-entropy for every task type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutput
+
+from finetune.batching import group_mask, pad_groups
+from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.tasks.base import Task, batch_rows
+from finetune.tasks.classification import Classification
+from finetune.tasks.multiple_choice import MultipleChoice
+
+
+class TextToText(Task):
+    name = "text_to_text"
+    problem_type = None
+    model_class = AutoModelForSeq2SeqLM
+
+    def __init__(self, spec, labels):
+        super().__init__(spec, labels)
+        self.head = MultipleChoice(spec, None) if spec.type == "multiple_choice" else Classification(spec, labels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.labels else 1
+
+    @property
+    def class_words(self) -> list[str]:
+        """The target written for each class, in class-id order."""
+        words = self.spec.verbalizer or {}
+        return [words.get(name, name).strip() for name in self.labels]
+
+    def sources(self, row: dict[str, Any]) -> list[str]:
+        """The source text(s) of one row: one, or both orderings of a similarity pair (names keep their places)."""
+        prefix = [self.spec.prefix] if self.spec.prefix else []
+        if self.spec.type == "multiple_choice":
+            return [" ".join([*prefix, context_of(row, self.spec)])]
+        paths = [path for path in (self.spec.text_a, self.spec.text_b) if path]
+        names, texts = [path.split(".")[-1] for path in paths], [str(get_field(row, path)) for path in paths]
+        orderings = [texts, texts[::-1]] if self.spec.type == "similarity" else [texts]
+        return [" ".join([*prefix, *(f"{n}: {t}" for n, t in zip(names, ordering))]) for ordering in orderings]
+
+    def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
+        """Each row: its source(s) as `input_ids` (S sequences), its k targets as `target_ids`, the right one's index.
+
+        >>> task.format({"sentence": ["a fine film"], "label": ["1"]}, t5_tokenizer, 16)  # doctest: +SKIP
+        {'input_ids': [[[3, 7, 7, 204, 7142, 10, 3, 9, 1399, 814, 1]]], 'attention_mask': [[[1, ...]]],
+         'target_ids': [[[2841, 1], [1465, 1]]], 'labels': [1]}
+        """
+        features: dict[str, list] = {"input_ids": [], "attention_mask": [], "target_ids": []}
+        label_column = self.spec.label.split(".")[0]
+        class_targets = None if self.labels is None else self._tokenize_targets(tokenizer, self.class_words, max_length)
+        for number, row in enumerate(batch_rows(batch)):
+            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s in self.sources(row)]
+            features["input_ids"].append([e["input_ids"] for e in encoded])
+            features["attention_mask"].append([e["attention_mask"] for e in encoded])
+            if self.labels is None:  # multiple choice: the row's own candidates
+                texts, names = candidates_of(row, self.spec)
+                features["target_ids"].append(self._tokenize_targets(tokenizer, texts, max_length))
+            else:
+                features["target_ids"].append(class_targets)
+            if label_column in row:
+                value = get_field(row, self.spec.label)
+                if self.labels is None:
+                    answer = answer_index(value, names, len(texts))
+                    features.setdefault("labels", []).append(self.head.check_answer(answer, value, number))
+                else:
+                    features.setdefault("labels", []).append(self.head.encode_label(value, number))
+        return features
+
+    @staticmethod
+    def _tokenize_targets(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
+        return [tokenizer(text_target=t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> TextToTextCollator:
+        return TextToTextCollator(tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def forward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        sources, source_mask = batch["input_ids"], batch["attention_mask"]  # (B, S, L)
+        targets, target_mask = batch["target_ids"], batch["target_mask"]  # (B, k, T)
+        (b, s, length), (k, t) = sources.shape, targets.shape[1:]
+        # the encoder reads each source once; the decoder scores every target against it
+        encoded = model.get_encoder()(
+            input_ids=sources.flatten(0, 1), attention_mask=source_mask.flatten(0, 1)
+        ).last_hidden_state  # (B*S, L, H)
+        hidden = encoded.view(b, s, 1, length, -1).expand(b, s, k, length, encoded.shape[-1])
+        memory_mask = source_mask.view(b, s, 1, length).expand(b, s, k, length)
+        target_ids = targets.view(b, 1, k, t).expand(b, s, k, t).reshape(b * s * k, t)
+        token_mask = target_mask.view(b, 1, k, t).expand(b, s, k, t).reshape(b * s * k, t)
+        output = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden.reshape(b * s * k, length, -1)),
+            attention_mask=memory_mask.reshape(b * s * k, length),
+            labels=target_ids.masked_fill(token_mask == 0, -100),  # decoder inputs are these, shifted right
+        )
+        logprobs = torch.log_softmax(output.logits.float(), dim=-1)  # (B*S*k, T, V)
+        token_logprobs = logprobs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1) * token_mask  # (B*S*k, T)
+        scores = token_logprobs.sum(-1).view(b, s, k).sum(1)  # (B, k): orderings add
+        scores = scores.masked_fill(~batch["choice_mask"], float("-inf"))
+        labels = batch.get("labels")
+        if labels is None:
+            return None, scores
+        if self.spec.type == "multiple_choice":  # GPT-1's loss: softmax over the candidates' scores
+            return self.loss(scores, labels), scores
+        # classes: teacher-forced cross-entropy on the right class word's tokens (T5's loss), per token
+        right = scores.gather(1, labels.view(-1, 1)).squeeze(1)  # (B,)
+        tokens = target_mask.sum(-1).gather(1, labels.view(-1, 1)).squeeze(1) * s  # (B,)
+        return -(right / tokens).mean(), scores
+
+    def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        return self.head.describe(logits)
+
+
+class TextToTextCollator:
+    """Pads sources to (B, S, L) and targets to (B, k, T); `target_mask` marks target tokens, `choice_mask` real
+    targets (multiple choice rows may have fewer candidates).
+
+    >>> c = TextToTextCollator(pad_token_id=0)
+    >>> b = c([{"input_ids": [[5, 6, 1]], "attention_mask": [[1, 1, 1]], "target_ids": [[7, 1], [8, 9, 1]]}])
+    >>> b["target_ids"].tolist(), b["target_mask"].tolist(), b["choice_mask"].tolist()
+    ([[[7, 1, 0], [8, 9, 1]]], [[[1, 1, 0], [1, 1, 1]]], [[True, True]])
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0}
+        batch = pad_groups(features, ["input_ids", "attention_mask"], pads, self.pad_to_multiple_of)
+        targets = [{"target_ids": f["target_ids"], "target_mask": [[1] * len(x) for x in f["target_ids"]]} for f in features]
+        batch.update(pad_groups(targets, ["target_ids", "target_mask"], {"target_ids": self.pad_token_id, "target_mask": 0}))
+        batch["target_mask"] = batch["target_mask"] * group_mask(features, "target_ids").unsqueeze(-1)
+        batch["choice_mask"] = group_mask(features, "target_ids")
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        return batch
