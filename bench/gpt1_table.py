@@ -130,7 +130,9 @@ def table() -> str:
         ("smollm2-{}-zeroshot", "SmolLM2 zero-shot"),
     ]
     lines = [
-        "| task (dev metric) | " + " | ".join(name for _, name in settings) + " | GPT-1 paper (test): full / no pretraining / no aux |",
+        "| task (dev metric) | "
+        + " | ".join(name for _, name in settings)
+        + " | GPT-1 paper (test): full / no pretraining / no aux |",
         "|---" * (len(settings) + 2) + "|",
     ]
     for task, (_, _, metric) in TASKS.items():

@@ -33,6 +33,12 @@ EXAMPLES = {
   finetune inspect recipes/glue/cola-minilm.yaml --split validation""",
     "predict": """examples:
   finetune predict runs/sst2-minilm/20261122-160000 --input reviews.jsonl --output predictions.jsonl""",
+    "merge": """examples:
+  finetune merge runs/sst2-minilm-lora/20261201-190000 merged/sst2-minilm""",
+    "push": """examples:
+  finetune push runs/sst2-minilm-lora/20261201-190000 --repo you/sst2-minilm-lora
+  finetune push runs/sst2-minilm-lora/20261201-190000 --repo you/sst2-minilm --merged --private
+  (the token: `hf auth login`, or HF_TOKEN in the environment; it is never printed)""",
     "recipe": """examples:
   finetune recipe --schema > docs/recipe.md""",
 }
@@ -95,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("--input", required=True, type=Path)
     predict.add_argument("--output", type=Path, help="write predictions here as jsonl (default: print them)")
+
+    merge = command("merge", "Fold a LoRA run's adapter into its base and save the full model (dequantised).")
+    merge.add_argument("run_dir", type=Path)
+    merge.add_argument("out_dir", type=Path)
+
+    push = command("push", "Upload a run's adapter (or merged model) with its model card to the Hugging Face Hub.")
+    push.add_argument("run_dir", type=Path)
+    push.add_argument("--repo", help="user/name or org/name (default: the recipe's hub.repo)")
+    push.add_argument("--private", action="store_true", default=None, help="create the repository as private")
+    push.add_argument("--merged", action="store_true", default=None, help="push the merged full model")
 
     recipe = command("recipe", "Print the recipe reference generated from the schema.")
     recipe.add_argument("--schema", action="store_true", required=True)
@@ -207,6 +223,20 @@ def _predict(args: argparse.Namespace) -> CliResult:
     return CliResult(0)
 
 
+def _merge(args: argparse.Namespace) -> CliResult:
+    from finetune.export import merge_run
+
+    print(f"merged model: {merge_run(args.run_dir, args.out_dir)}")
+    return CliResult(0, run_dir=args.out_dir)
+
+
+def _push(args: argparse.Namespace) -> CliResult:
+    from finetune.export import push_run
+
+    print(f"pushed: {push_run(args.run_dir, args.repo, args.private, args.merged)}")
+    return CliResult(0, run_dir=args.run_dir)
+
+
 def _recipe(args: argparse.Namespace) -> CliResult:
     from finetune.recipe.reference import schema_markdown
 
@@ -220,6 +250,8 @@ COMMANDS = {
     "validate": _validate,
     "inspect": _inspect,
     "predict": _predict,
+    "merge": _merge,
+    "push": _push,
     "recipe": _recipe,
 }
 

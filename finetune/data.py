@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, first_line
 from finetune.fields import get_field, task_fields
 from finetune.labels import infer_labels
 from finetune.recipe.schema import DataSpec, Recipe, TaskSpec
@@ -32,9 +32,7 @@ def _load_hub(source: HubDataset, splits: dict[str, str]) -> DatasetDict:
     try:
         loaded = {key: load_dataset(source.path, source.name, split=split) for key, split in splits.items()}
     except Exception as exc:  # datasets raises many types (connection, missing config, missing split)
-        raise FinetuneError(
-            f"data.source: cannot load {source.path} ({source.name}): {str(exc).splitlines()[0]}"
-        ) from None
+        raise FinetuneError(f"data.source: cannot load {source.path} ({source.name}): {first_line(exc)}") from None
     return DatasetDict(loaded)
 
 

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset
+from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
@@ -291,6 +292,10 @@ class Engine:
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        if has_adapter(self.model):  # the adapter too, so that `finetune eval` reads a checkpoint as it reads a run
+            acc.unwrap_model(self.model).save_pretrained(
+                tmp, is_main_process=acc.is_main_process, state_dict=acc.get_state_dict(self.model)
+            )
         acc.wait_for_everyone()  # every process has written its RNG state before the folder is renamed
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
@@ -332,6 +337,11 @@ class Engine:
                 item.replace(self.run_dir / item.name)
             (self.run_dir / ".final").rmdir()
         return self.state.last_metrics
+
+
+def has_adapter(model: torch.nn.Module) -> bool:
+    """Does the model train peft adapters (possibly inside a head of ours)?"""
+    return any(isinstance(module, PeftModel) for module in model.modules())
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -11,3 +11,8 @@ class FinetuneError(Exception):
     def __init__(self, *problems: str) -> None:
         self.problems = [p for p in problems if p]
         super().__init__("\n".join(self.problems))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors run long), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -127,11 +127,13 @@ class ExtractTokenModel(nn.Module):
         (Path(folder) / HEAD_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> ExtractTokenModel:
+    def from_pretrained(cls, folder: str | Path, lm: nn.Module | None = None, **kwargs: Any) -> ExtractTokenModel:
+        """The head saved in `folder` around its decoder: the one saved beside it, or `lm` (a base with the run's
+        adapter loaded)."""
         folder = Path(folder)
         settings = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
-        if (folder / HEAD_WEIGHTS).is_file():  # a run folder: the decoder's checkpoint and the head beside it
-            model = cls(AutoModelForCausalLM.from_pretrained(folder, **kwargs), **settings)
+        if lm is not None or (folder / HEAD_WEIGHTS).is_file():  # a run folder: the decoder and the head beside it
+            model = cls(lm if lm is not None else AutoModelForCausalLM.from_pretrained(folder, **kwargs), **settings)
             model.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
             return model
         # a resumable checkpoint: accelerate saved this module's whole state dict (lm.*, head.*) in one file

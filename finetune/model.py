@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from peft import PeftModel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -15,11 +16,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from finetune.errors import FinetuneError
+from finetune.adapters import HEAD_NAMES, add_lora, quantization_config
+from finetune.errors import FinetuneError, first_line
 from finetune.families import detect_family
 from finetune.gguf_models import local_checkpoint
 from finetune.heads import HEAD_CONFIG, ExtractTokenModel
 from finetune.mirrors import ResolvedModel
+from finetune.recipe import Recipe
 from finetune.recipe.schema import ModelSpec
 from finetune.tasks import Task
 
@@ -36,7 +39,7 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
             local_checkpoint(resolved), revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {_first_line(exc)}") from None
+        raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {first_line(exc)}") from None
 
 
 def resolve_architecture(spec: ModelSpec, report: Report) -> tuple[str, str | None]:
@@ -48,24 +51,51 @@ def resolve_architecture(spec: ModelSpec, report: Report) -> tuple[str, str | No
             local_checkpoint(report.model), revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
+        raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     return report.family or detect_family(config.to_dict()), config.model_type
 
 
 def build_model(
-    spec: ModelSpec, resolved: ResolvedModel, task: Task, tokenizer: PreTrainedTokenizerBase | None = None
-) -> PreTrainedModel:
-    """The pretrained backbone with a fresh head sized for the task (class names stored as id2label).
+    recipe: Recipe, resolved: ResolvedModel, task: Task, tokenizer: PreTrainedTokenizerBase | None = None
+) -> torch.nn.Module:
+    """The pretrained backbone with a fresh head sized for the task (class names stored as id2label),
+    with LoRA adapters when the recipe has a peft section (on a 4/8-bit base with a quantize section).
 
     With GPT-1's tokens set on the task (decoders), the backbone is the causal LM itself, its embeddings
     resized for the added tokens, under `ExtractTokenModel`'s head.
     """
+    model = load_backbone(recipe, resolved, task, tokenizer)
+    if recipe.peft is not None:
+        model = add_lora(
+            model,
+            recipe.peft,
+            model.config.model_type,
+            quantized=recipe.quantize is not None,
+            gradient_checkpointing=recipe.train.gradient_checkpointing,
+            trainable_tokens=list(task.gpt1_ids.values()) if task.gpt1_ids is not None else None,
+        )
+        model.peft_config["default"].base_model_name_or_path = recipe.model.name  # the id users load it from
+    if task.gpt1_ids is not None:
+        model = ExtractTokenModel(
+            model, task.num_labels, task.gpt1_ids["extract"], task.spec.aux_lm_weight, task.problem_type
+        )
+    return model
+
+
+def load_backbone(
+    recipe: Recipe, resolved: ResolvedModel, task: Task, tokenizer: PreTrainedTokenizerBase | None
+) -> PreTrainedModel:
+    """The transformers model for the task: pretrained (or fresh) weights, 4/8-bit when asked, GPT-1's tokens."""
+    spec = recipe.model
     head = {"num_labels": task.num_labels}
     if task.problem_type:
         head["problem_type"] = task.problem_type
     if task.labels:
         head["id2label"] = dict(enumerate(task.labels))
         head["label2id"] = {name: i for i, name in enumerate(task.labels)}
+    quantization = None
+    if recipe.quantize is not None:
+        quantization = quantization_config(recipe.quantize, recipe.train.precision, keep=list(HEAD_NAMES))
     try:
         location = local_checkpoint(resolved)
         config = AutoConfig.from_pretrained(
@@ -76,23 +106,26 @@ def build_model(
             model = model_class.from_config(config, trust_remote_code=spec.trust_remote_code)
         else:
             model = model_class.from_pretrained(
-                location, config=config, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+                location,
+                config=config,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                quantization_config=quantization,
             )
     except (OSError, ValueError) as exc:
-        raise FinetuneError(f"model.name: cannot load {spec.name}: {_first_line(exc)}") from None
+        raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)
     if task.gpt1_ids is not None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # the added [start] [delim] [extract]
         model.config.pad_token_id = tokenizer.pad_token_id
-        model = ExtractTokenModel(
-            model, task.num_labels, task.gpt1_ids["extract"], task.spec.aux_lm_weight, task.problem_type
-        )
+    bits = f", {recipe.quantize.bits}-bit" if recipe.quantize else ""
     log.info(
-        "model %s (%s, from %s): %.1fM parameters",
+        "model %s (%s, from %s%s): %.1fM parameters",
         spec.name,
         config.model_type,
         resolved.origin,
+        bits,
         model.num_parameters() / 1e6,
     )
     return model
@@ -128,8 +161,24 @@ def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, Pre
     try:
         return model_class.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
-        raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {_first_line(exc)}") from None
+        raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def load_adapter(
+    recipe: Recipe,
+    resolved: ResolvedModel,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    dequantize: bool = False,
+) -> torch.nn.Module:
+    """A run's adapter (with its head) on the base it was trained from, loaded as the recipe says (4/8-bit too;
+    with `dequantize`, the quantised base's weights in full precision, as a merge needs them)."""
+    backbone = load_backbone(recipe, resolved, task, tokenizer)
+    if dequantize and recipe.quantize is not None:
+        backbone = backbone.dequantize()
+    try:
+        model = PeftModel.from_pretrained(backbone, str(folder))
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"{folder}: cannot load the adapter: {first_line(exc)}") from None
+    return ExtractTokenModel.from_pretrained(folder, lm=model) if task.gpt1_ids is not None else model

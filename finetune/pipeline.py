@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune import data
+from finetune.adapters import check_quantization_device, is_adapter_dir
 from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_model, predict_logits
+from finetune.export import push_run, write_model_card
 from finetune.families import detect_family, read_config, resolve_head
+from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.heads import ExtractTokenModel, add_gpt1_tokens
-from finetune.model import build_model, load_finetuned, load_tokenizer, resolve_architecture
+from finetune.mirrors import resolve_model
+from finetune.model import build_model, load_adapter, load_finetuned, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
 from finetune.recipe.schema import ReaderSpec
@@ -54,6 +56,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     report.raise_for_problems()
     for note in report.notes:
         log.info("note: %s", note)
+    if recipe.quantize is not None:
+        check_quantization_device()
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
@@ -62,9 +66,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
         recipe = _with_task(recipe, labels=task.labels)
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
-    model = build_model(
-        recipe.model, report.model, task, tokenizer
-    )  # before the run folder: nothing written on failure
+    model = build_model(recipe, report.model, task, tokenizer)  # before the run folder: nothing written on failure
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
     if accelerator.is_main_process:
@@ -90,11 +92,16 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "best_step": state.best_step,
-        **_peak_memory(),
+        **parameter_report(model),
+        **peak_memory(),
     }
     if accelerator.is_main_process:
+        metrics.update(saved_size(run_dir))
         write_json(run_dir / METRICS_FILE, metrics)
         plot_training(run_dir)
+        write_model_card(run_dir, recipe, metrics)
+        if recipe.hub is not None and recipe.hub.push:
+            log.info("pushed: %s", push_run(run_dir))
     accelerator.end_training()
     return RunResult(run_dir, metrics)
 
@@ -113,14 +120,6 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
 
 def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
     return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
-
-
-def _peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process, and the GPU's peak allocation when there is one (MB)."""
-    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        peaks["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peaks
 
 
 def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None) -> tuple[Task, Any]:
@@ -153,21 +152,37 @@ class LoadedRun:
         return self.accelerator.prepare(loader)
 
 
-def load_run(folder: Path) -> LoadedRun:
-    """Load a run folder or one of its checkpoints onto this machine's device."""
+def load_run(folder: Path, dequantize: bool = False) -> LoadedRun:
+    """Load a run folder or one of its checkpoints onto this machine's device (an adapter run's 4/8-bit base
+    in full precision with `dequantize`)."""
     recipe = load_recipe(find_recipe(folder))
-    probe = build_task(recipe.task, None)
-    probe.family = detect_family(read_config(folder))
-    model, tokenizer = load_finetuned(str(folder), probe.model_class)
-    labels = None
-    if recipe.task.has_classes:
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    task = build_task(recipe.task, labels)
-    task.family = detect_family(model.config.to_dict())
-    if isinstance(model, ExtractTokenModel):
-        task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
+    if is_adapter_dir(folder):
+        task, tokenizer, model = _load_adapter_run(recipe, folder, dequantize)
+    else:
+        probe = build_task(recipe.task, None)
+        probe.family = detect_family(read_config(folder))
+        model, tokenizer = load_finetuned(str(folder), probe.model_class)
+        labels = None
+        if recipe.task.has_classes:
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        task = build_task(recipe.task, labels)
+        task.family = probe.family
+        if isinstance(model, ExtractTokenModel):
+            task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
     return LoadedRun(recipe, task, tokenizer, accelerator.prepare(model), accelerator)
+
+
+def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[Task, PreTrainedTokenizerBase, Any]:
+    """An adapter run: its base checkpoint, built as in training, with the saved adapter and head."""
+    resolved = resolve_model(recipe.model.name)
+    family, _ = resolve_architecture(recipe.model, Report(model=resolved))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = build_task(recipe.task, recipe.task.labels)
+    task.family = family
+    if family == "decoder":
+        task.gpt1_ids = add_gpt1_tokens(tokenizer)
+    return task, tokenizer, load_adapter(recipe, resolved, task, tokenizer, folder, dequantize)
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:

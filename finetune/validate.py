@@ -6,6 +6,7 @@ recipe validates in about a second.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,18 @@ from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 
 MAX_REPORTED_ROWS = 3  # bad label values reported per split before the rest are counted
+QUANT_BLOCK = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
+WIDTH_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "embedding_size",
+    "d_model",
+    "d_ff",
+    "n_embd",
+    "n_inner",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+)
 
 
 @dataclass
@@ -39,7 +52,7 @@ class Report:
 def check(recipe: Recipe) -> Report:
     """Run every check on a schema-valid recipe and collect all problems."""
     report = Report()
-    for step in (_check_model, _check_data):
+    for step in (_check_model, _check_data, _check_hub):
         try:
             step(recipe, report)
         except FinetuneError as exc:
@@ -68,6 +81,7 @@ def _check_model(recipe: Recipe, report: Report) -> None:
             report.problems.append(
                 f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions"
             )
+        report.problems.extend(quantization_problems(recipe, config))
         blocks = config.get("num_hidden_layers") or config.get("n_layer")
         if spec.pretrained_layers is not None and blocks and spec.pretrained_layers > blocks:
             report.problems.append(
@@ -84,6 +98,34 @@ def _check_model(recipe: Recipe, report: Report) -> None:
             f"model.family: task type {recipe.task.type} runs on {', '.join(sorted(supported))} checkpoints; "
             f"{spec.name} is {report.family}"
         )
+
+
+def quantization_problems(recipe: Recipe, config: dict) -> list[str]:
+    """Can bitsandbytes quantise this architecture? Its 4-bit layers need every width divisible by 64."""
+    if recipe.quantize is None:
+        return []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return ["quantize: needs the bitsandbytes package (pip install bitsandbytes)"]
+    if recipe.quantize.bits == 4:
+        for key in WIDTH_KEYS:
+            width = config.get(key)
+            if isinstance(width, int) and width % QUANT_BLOCK:
+                return [
+                    f"quantize.bits: 4-bit layers need widths divisible by {QUANT_BLOCK}; {recipe.model.name} has "
+                    f"{key} {width}; use quantize.bits: 8, or no quantize section"
+                ]
+    return []
+
+
+def _check_hub(recipe: Recipe, report: Report) -> None:
+    if recipe.hub is not None and recipe.hub.push:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            report.problems.append(
+                "hub.push: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN (or push later with "
+                "`finetune push`)"
+            )
 
 
 def _check_head(recipe: Recipe, report: Report) -> None:

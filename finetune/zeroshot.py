@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune import data
+from finetune.engine import make_accelerator
 from finetune.errors import FinetuneError
+from finetune.evaluation import evaluate_model
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
-from finetune.engine import make_accelerator
-from finetune.evaluation import evaluate_model
 from finetune.metrics import compute_metrics
 from finetune.model import load_tokenizer
 from finetune.pipeline import settle_architecture

@@ -25,8 +25,8 @@ os.environ.pop("FINETUNE_MODEL_MIRROR", None)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _tiny_checkpoint(folder: Path, kind: str) -> Path:
-    """A 2-layer, 32-wide model of `kind`, randomly initialised, saved with MiniLM's WordPiece tokenizer
+def _tiny_checkpoint(folder: Path, kind: str, width: int = 32) -> Path:
+    """A 2-layer, 32-wide (or `width`) model of `kind`, randomly initialised, saved with MiniLM's WordPiece tokenizer
     (any vocabulary serves a tiny model; decoders get GPT-1's tokens added by the code under test)."""
     import torch
     from transformers import (
@@ -50,10 +50,10 @@ def _tiny_checkpoint(folder: Path, kind: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MINILM).location)
     sizes = dict(
         vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
+        hidden_size=width,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * width,
         max_position_embeddings=256,
     )
     torch.manual_seed(0)
@@ -116,6 +116,14 @@ tiny_electra = _session_model(
     "electra", "A 2-layer ELECTRA discriminator (ElectraForPreTraining), randomly initialised."
 )
 tiny_gpt2 = _session_model("gpt2", "A 2-layer GPT-2 language model, randomly initialised.")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_64(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide BERT: bitsandbytes' 4-bit layers need widths divisible by 64."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert-64"), "bert", width=64)
+
+
 tiny_bart = _session_model("bart", "A 2+2-layer BART encoder-decoder, randomly initialised.")
 tiny_t5 = _session_model("t5", "A 2+2-layer T5 encoder-decoder with its LM head, randomly initialised.")
 tiny_llama = _session_model(

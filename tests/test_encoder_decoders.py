@@ -65,7 +65,11 @@ def test_constrained_scores_are_the_targets_log_likelihoods(tiny_t5):
     torch.manual_seed(0)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
     task = text_task(["no", "yes"], type="similarity", text_a="a", text_b="b", verbalizer={"no": "not same"})
-    columns = {"a": ["a man plays", "the cat sleeps soundly"], "b": ["someone plays music", "dogs bark"], "label": [1, 0]}
+    columns = {
+        "a": ["a man plays", "the cat sleeps soundly"],
+        "b": ["someone plays music", "dogs bark"],
+        "label": [1, 0],
+    }
     features = task.format(columns, tokenizer, 32)
     batch = task.collator(tokenizer, None)(rows_of(features))
     with torch.no_grad():
@@ -100,9 +104,7 @@ train: {{epochs: 30, batch_size: 8, lr: 3.0e-3, warmup: 0, eval_every: 40, save_
     assert result.metrics["accuracy"] == 1.0
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert saved["task"]["head"] == "text_to_text"  # auto, resolved from the T5 config and written out
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["architectures"] == [
-        "T5ForConditionalGeneration"
-    ]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
     assert run_cli("eval", tmp_path / "run").metrics["accuracy"] == 1.0
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text(json.dumps({"sentence": "a gorgeous , witty , seductive movie ."}) + "\n")

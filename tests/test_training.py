@@ -254,7 +254,7 @@ def test_ablations_random_init_and_pretrained_layers(tiny_bert):
             }
         )
         torch.manual_seed(1)
-        return build_model(recipe.model, resolve_model(str(tiny_bert)), build_task(recipe.task, ["a", "b"]))
+        return build_model(recipe, resolve_model(str(tiny_bert)), build_task(recipe.task, ["a", "b"]))
 
     pretrained = load_file(tiny_bert / "model.safetensors")
     same = lambda model, key: torch.equal(model.state_dict()[f"bert.{key}"], pretrained[key])  # noqa: E731

@@ -119,7 +119,8 @@ class TaskSpec(Section):
         "text_to_text for T5-style checkpoints, classifier otherwise.",
     )
     prefix: str | None = Field(
-        None, description="text_to_text: T5's task prefix before the fields, e.g. rte (rte sentence1: ... sentence2: ...)."
+        None,
+        description="text_to_text: T5's task prefix before the fields, e.g. rte (rte sentence1: ... sentence2: ...).",
     )
     target: Literal["class", "score"] = Field(
         "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
@@ -371,6 +372,61 @@ class TrainSpec(Section):
         return self
 
 
+class PeftSpec(Section):
+    """Parameter-efficient fine-tuning through peft: a frozen base, small trained adapters."""
+
+    method: Literal["lora"] = Field("lora", description="The adapter type; LoRA (with rsLoRA and DoRA variants).")
+    r: PositiveInt = Field(8, description="LoRA rank: capacity against size.")
+    alpha: PositiveFloat = Field(16, description="LoRA scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names (or name endings) that get adapters; default: the attention and MLP projections "
+        "of the architecture (BERT, ELECTRA, GPT-2, Llama-style, T5, BART), or all-linear for others.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r), steadier at large ranks.")
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction.")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Further modules trained in full and saved with the adapter; the task head (and a decoder's "
+        "added GPT-1 token embeddings) always are.",
+    )
+
+
+class QuantizeSpec(Section):
+    """Load the frozen base in 4 or 8 bits through bitsandbytes (QLoRA, LLM.int8); needs a peft section."""
+
+    bits: Literal[4, 8] = Field(description="4 (NF4 or FP4, QLoRA) or 8 (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
+    double_quant: bool = Field(True, description="4-bit: quantise the quantisation constants too (QLoRA).")
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="4-bit: dtype of the matrix products; auto follows train.precision."
+    )
+
+    @model_validator(mode="after")
+    def _four_bit_options(self) -> QuantizeSpec:
+        if self.bits == 8 and self.quant_type != "nf4":
+            raise ValueError(f"quantize.quant_type: {self.quant_type} is a 4-bit data type; 8-bit layers are LLM.int8")
+        return self
+
+
+class HubSpec(Section):
+    """Where `finetune push` (or the end of training, with push: true) uploads the result."""
+
+    repo: str = Field(description="Hub repository, user/name or org/name.")
+    push: bool = Field(False, description="Push at the end of training.")
+    private: bool = Field(False, description="Create the repository as private.")
+    merged: bool = Field(False, description="Push the merged full model instead of the adapter.")
+
+    @model_validator(mode="after")
+    def _repo_is_an_id(self) -> HubSpec:
+        parts = self.repo.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"hub.repo: {self.repo!r} is not a repository id such as you/sst2-minilm-lora")
+        return self
+
+
 class Recipe(Section):
     """A complete fine-tuning job."""
 
@@ -382,6 +438,11 @@ class Recipe(Section):
     task: TaskSpec = Field(description="The task type and the columns it reads.")
     data: DataSpec = Field(description="The dataset.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
+    peft: PeftSpec | None = Field(
+        None, description="Train adapters (LoRA) on a frozen base; full fine-tuning when absent."
+    )
+    quantize: QuantizeSpec | None = Field(None, description="Load the frozen base in 4 or 8 bits; needs peft.")
+    hub: HubSpec | None = Field(None, description="The Hub repository to push to.")
     output_dir: str | None = Field(None, description="Run folder; default runs/<name>/<timestamp>.")
 
     @model_validator(mode="before")
@@ -390,6 +451,16 @@ class Recipe(Section):
         if isinstance(values, dict) and isinstance(values.get("model"), str):
             return {**values, "model": {"name": values["model"]}}
         return values
+
+    @model_validator(mode="after")
+    def _quantized_base_trains_adapters(self) -> Recipe:
+        if self.quantize is not None and self.peft is None:
+            raise ValueError(
+                "quantize: a quantised base cannot be trained itself; add a peft section (QLoRA: peft: {r: 16})"
+            )
+        if self.quantize is not None and self.model.init == "random":
+            raise ValueError("quantize: model.init: random has no pretrained weights to quantise")
+        return self
 
     @model_validator(mode="after")
     def _eval_split_differs(self) -> Recipe:

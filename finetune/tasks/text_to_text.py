@@ -145,8 +145,12 @@ class TextToTextCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         pads = {"input_ids": self.pad_token_id, "attention_mask": 0}
         batch = pad_groups(features, ["input_ids", "attention_mask"], pads, self.pad_to_multiple_of)
-        targets = [{"target_ids": f["target_ids"], "target_mask": [[1] * len(x) for x in f["target_ids"]]} for f in features]
-        batch.update(pad_groups(targets, ["target_ids", "target_mask"], {"target_ids": self.pad_token_id, "target_mask": 0}))
+        targets = [
+            {"target_ids": f["target_ids"], "target_mask": [[1] * len(x) for x in f["target_ids"]]} for f in features
+        ]
+        batch.update(
+            pad_groups(targets, ["target_ids", "target_mask"], {"target_ids": self.pad_token_id, "target_mask": 0})
+        )
         batch["target_mask"] = batch["target_mask"] * group_mask(features, "target_ids").unsqueeze(-1)
         batch["choice_mask"] = group_mask(features, "target_ids")
         if "labels" in features[0]:

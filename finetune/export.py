@@ -1,0 +1,245 @@
+"""Export: the model card of a run folder, the merged full model of an adapter run, and the push to the Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+
+from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
+from finetune.errors import FinetuneError, first_line
+from finetune.heads import HEAD_CONFIG
+from finetune.mirrors import looks_like_path
+from finetune.recipe import Recipe, dump_recipe, load_recipe
+from finetune.rundir import METRICS_FILE, RECIPE_FILE, find_recipe, write_recipe
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "README.md"
+# What a run folder uploads: the model or adapter, its head, the tokenizer, the card, recipe, metrics and curves.
+UPLOAD_IGNORE = ["checkpoints/*", "best/*", ".*", "*/.*", "eval_*.json", "log.jsonl"]
+PIPELINE_TAGS = {"multiple_choice": "multiple-choice", "text_to_text": "text2text-generation"}
+
+
+def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any], merged_from: Path | None = None) -> Path:
+    """README.md with the Hub's metadata header (base model, library, tags, datasets, metric values), the
+    training settings, results, size report, the exact recipe and how to load the model."""
+    adapter = is_adapter_dir(run_dir)
+    task = recipe.task
+    metric_names = [m for m in task.metric_names if m in metrics]
+    dataset = recipe.data.source
+    data = ModelCardData(
+        model_name=recipe.name,
+        base_model=None if looks_like_path(recipe.model.name) else recipe.model.name,  # the Hub wants an id
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag=PIPELINE_TAGS.get(task.head, PIPELINE_TAGS.get(task.type, "text-classification")),
+        tags=[
+            "finetune",
+            task.type,
+            *(["lora"] if recipe.peft else []),
+            *([f"{recipe.quantize.bits}-bit"] if recipe.quantize else []),
+        ],
+        datasets=[dataset] if dataset else None,
+        metrics=metric_names,
+        eval_results=[
+            EvalResult(
+                task_type=PIPELINE_TAGS.get(task.type, "text-classification"),
+                dataset_type=dataset or "local",
+                dataset_name=" ".join(filter(None, [dataset or "local files", recipe.data.subset])),
+                dataset_config=recipe.data.subset,
+                dataset_split=recipe.data.eval_split,
+                metric_type=name,
+                metric_value=metrics[name],
+            )
+            for name in metric_names
+        ]
+        or None,
+    )
+    body = _card_body(recipe, metrics, adapter, (run_dir / HEAD_CONFIG).is_file(), merged_from)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    path = run_dir / CARD_FILE
+    card.save(path)
+    return path
+
+
+def _card_body(
+    recipe: Recipe, metrics: dict[str, Any], adapter: bool, decoder_head: bool, merged_from: Path | None
+) -> str:
+    task, train = recipe.task, recipe.train
+    source = recipe.data.source or "local files"
+    what = f"a LoRA adapter (r={recipe.peft.r}, alpha={recipe.peft.alpha})" if adapter else "a fine-tuned model"
+    if recipe.quantize and adapter:
+        what += f" trained on a {recipe.quantize.bits}-bit base"
+    results = "\n".join(f"| {k} | {v} |" for k, v in metrics.items() if k in task.metric_names or k == "eval_loss")
+    sizes = (
+        "total_parameters",
+        "trainable_parameters",
+        "trainable_share",
+        "model_footprint_mb",
+        "adapter_size_mb",
+        "model_size_mb",
+        "peak_rss_mb",
+        "peak_gpu_memory_mb",
+    )
+    size_rows = "\n".join(f"| {k} | {metrics[k]} |" for k in sizes if k in metrics)
+    merged = f"\nMerged from the adapter run `{merged_from.name}` (`finetune merge`).\n" if merged_from else ""
+    return f"""
+# {recipe.name}
+
+{recipe.description or f"{task.type} with {recipe.model.name}."}
+
+This is {what} of {_model_link(recipe.model.name)} for **{task.type}**
+on {source}{" (" + recipe.data.subset + ")" if recipe.data.subset else ""}, trained with finetune from the
+recipe below.{merged}
+
+## Results ({recipe.data.eval_split} split)
+
+| metric | value |
+|---|---|
+{results}
+
+## Training
+
+| setting | value |
+|---|---|
+| epochs / steps | {train.epochs} / {metrics.get("train_steps", "-")} |
+| batch size per device x accumulation | {train.batch_size} x {train.grad_accum} |
+| learning rate, warmup, weight decay | {train.lr}, {train.warmup}, {train.weight_decay} |
+| precision | {train.precision} |
+| training examples | {metrics.get("num_train_samples", "-")} |
+| training time | {metrics.get("train_runtime_s", "-")} s |
+| seed | {train.seed} |
+
+## Size
+
+| quantity | value |
+|---|---|
+{size_rows}
+
+## How to load
+
+```python
+{_load_snippet(recipe, adapter, decoder_head)}
+```
+
+## Recipe
+
+```yaml
+{dump_recipe(recipe).strip()}
+```
+"""
+
+
+def _model_link(name: str) -> str:
+    return f"`{name}`" if looks_like_path(name) else f"[`{name}`](https://huggingface.co/{name})"
+
+
+def _load_snippet(recipe: Recipe, adapter: bool, decoder_head: bool) -> str:
+    repo = recipe.hub.repo if recipe.hub else "REPO"
+    if decoder_head:
+        return (
+            "from huggingface_hub import snapshot_download  # the decoder, its GPT-1 head and tokens\n"
+            "from finetune.pipeline import predict\n"
+            f'predict(snapshot_download("{repo}"), "rows.jsonl")  # pip install finetune'
+        )
+    model_class = {"text_to_text": "AutoModelForSeq2SeqLM"}.get(recipe.task.head, "AutoModelForSequenceClassification")
+    if recipe.task.type == "multiple_choice" and recipe.task.head != "text_to_text":
+        model_class = "AutoModelForMultipleChoice"
+    if not adapter:
+        return f'from transformers import {model_class}\nmodel = {model_class}.from_pretrained("{repo}")'
+    labels = (
+        f", num_labels={len(recipe.task.labels)}"
+        if recipe.task.labels and model_class.endswith("Classification")
+        else ""
+    )
+    return (
+        f"from transformers import {model_class}; from peft import PeftModel\n"
+        f'base = {model_class}.from_pretrained("{recipe.model.name}"{labels})\n'
+        f'model = PeftModel.from_pretrained(base, "{repo}")  # the head comes with the adapter'
+    )
+
+
+def merge_run(run_dir: Path, out_dir: Path) -> Path:
+    """`finetune merge`: the adapter folded into its base, saved as a full model (dequantised where the base
+    was 4/8-bit: the weights the quantised layers computed with), with the tokenizer, recipe and card."""
+    if not is_adapter_dir(run_dir):
+        raise FinetuneError(f"{run_dir}: no adapter here ({ADAPTER_CONFIG} missing); only LoRA runs are merged")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FinetuneError(f"{out_dir}: not empty; merge writes a fresh folder")
+    from finetune.pipeline import load_run
+
+    run = load_run(run_dir, dequantize=True)
+    model = run.accelerator.unwrap_model(run.model)
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    if hasattr(merged, "lm") and hasattr(merged.lm, "merge_and_unload"):  # a decoder's head around the adapter
+        merged.lm = merged.lm.merge_and_unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out_dir)
+    run.tokenizer.save_pretrained(out_dir)
+    recipe = run.recipe.model_copy(update={"peft": None, "quantize": None})
+    write_recipe(out_dir, recipe)
+    metrics_file = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    write_model_card(out_dir, recipe, metrics, merged_from=run_dir)
+    log.info("merged %s into %s", run_dir, out_dir)
+    return out_dir
+
+
+def push_run(run_dir: Path, repo: str | None = None, private: bool | None = None, merged: bool | None = None) -> str:
+    """`finetune push`: upload the adapter (or, with `merged`, the merged model) with its card to `repo`.
+
+    The token comes from the Hugging Face login or HF_TOKEN and is never written or printed. The folder must
+    load (base plus adapter, or the model itself) before anything is uploaded.
+    """
+    recipe = load_recipe(find_recipe(run_dir))
+    hub = recipe.hub
+    repo = repo or (hub.repo if hub else None)
+    if repo is None:
+        raise FinetuneError("--repo: name the Hub repository (user/name), or set hub.repo in the recipe")
+    private = private if private is not None else bool(hub and hub.private)
+    merged = merged if merged is not None else bool(hub and hub.merged)
+    token = get_token()
+    if token is None:
+        raise FinetuneError("push: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = merge_run(run_dir, Path(tmp) / "merged") if merged else run_dir
+        _check_loads(folder)
+        metrics_file = folder / METRICS_FILE
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+        with_repo = load_recipe(folder / RECIPE_FILE, [f"hub.repo={repo}"])
+        write_model_card(folder, with_repo, metrics, merged_from=run_dir if merged else None)
+        api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
+        try:
+            api.create_repo(repo, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                folder_path=folder,
+                repo_id=repo,
+                ignore_patterns=UPLOAD_IGNORE,
+                commit_message=f"finetune: {recipe.name} ({_kind(folder, merged)})",
+            )
+        except Exception as exc:  # huggingface_hub raises HTTP, connection and validation errors alike
+            raise FinetuneError(f"push: {_redact(first_line(exc), token)}") from None
+    log.info("pushed %s to %s", folder.name, repo)
+    return commit.commit_url
+
+
+def _kind(folder: Path, merged: bool) -> str:
+    return "merged model" if merged else "adapter" if is_adapter_dir(folder) else "model"
+
+
+def _check_loads(folder: Path) -> None:
+    from finetune.pipeline import load_run
+
+    try:
+        load_run(folder)
+    except FinetuneError as exc:
+        raise FinetuneError(*[f"push: refused, the folder does not load: {p}" for p in exc.problems]) from None
+
+
+def _redact(text: str, token: str) -> str:
+    return text.replace(token, "***")

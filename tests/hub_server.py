@@ -1,0 +1,86 @@
+"""A stand-in for the Hugging Face Hub's HTTP API on a loopback port, recording every request it is sent:
+enough of it for `create_repo` and `upload_folder` (files committed inline, as regular git blobs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Recorded:
+    requests: list[dict] = field(default_factory=list)  # method, path, headers, body (text)
+    repos: list[dict] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # path in the repo -> content
+
+
+class HubStandIn:
+    """`with HubStandIn() as hub:` serves at `hub.url` until the block ends."""
+
+    def __init__(self) -> None:
+        self.recorded = Recorded()
+        recorded = self.recorded
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                self._record(b"")
+                self._reply(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._record(body)
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    repo = json.loads(body)
+                    recorded.repos.append(repo)
+                    name = f"{repo.get('organization') or 'user'}/{repo['name']}"
+                    self._reply(200, {"url": f"{server.url}/{name}", "name": name, "id": "1"})
+                elif path.endswith("/preupload/main"):
+                    files = json.loads(body)["files"]
+                    modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+                    self._reply(200, {"files": modes})
+                elif path.endswith("/commit/main"):
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            recorded.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    repo = path.removeprefix("/api/models/").removesuffix("/commit/main")
+                    self._reply(200, {"commitUrl": f"{server.url}/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40})
+                else:
+                    self._reply(404, {"error": "not found"})
+
+            def _record(self, body: bytes) -> None:
+                recorded.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body.decode("latin-1"),
+                    }
+                )
+
+            def _reply(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = self
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> HubStandIn:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

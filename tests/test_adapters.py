@@ -1,0 +1,218 @@
+"""LoRA and 4/8-bit bases: adapters that save, reload exactly, merge, carry a model card and push to a Hub
+stand-in on a loopback port; tiny models built from configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import GLUE, recipe_file, run_cli, sample_file
+from hub_server import HubStandIn
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from finetune.mirrors import resolve_model
+from finetune.model import build_model
+from finetune.pipeline import load_run
+from finetune.tasks import build_task
+
+TOKEN = "hf_testtoken_0123456789abcdef"
+
+
+def lora_recipe(tmp_path, model, rows, extra="", name="recipe.yaml", epochs=20):
+    return recipe_file(
+        tmp_path,
+        f"""
+model: {model}
+task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive]}}
+data: {{files: {{train: {rows}, fit: {rows}}}, eval_split: fit, max_length: 64, reader: {{quoting: none}}}}
+train: {{epochs: {epochs}, batch_size: 8, lr: 5.0e-3, warmup: 0, save_every: epoch}}
+peft: {{r: 4}}
+{extra}
+""",
+        name,
+    )
+
+
+def logits_of(model, run_dir, rows):
+    """The model's logits on the run's evaluation rows, formatted by the recipe's task, one batch."""
+    from finetune import data
+    from finetune.recipe import load_recipe
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    task = build_task(recipe.task, recipe.task.labels)
+    raw = data.load_raw(recipe.data, {"eval": recipe.data.eval_split})
+    features = data.tokenize(raw, task, tokenizer, 64)["eval"]
+    batch = task.collator(tokenizer, None)([features[i] for i in range(len(features))])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        return model.eval()(**batch).logits, labels
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_bert):
+    """A LoRA run on a tiny BERT over 32 real SST-2 rows."""
+    folder = tmp_path_factory.mktemp("lora")
+    rows = sample_file(folder, GLUE / "sst2" / "train.tsv", 33)
+    result = run_cli("train", lora_recipe(folder, tiny_bert, rows), f"output_dir={folder / 'run'}")
+    return folder / "run", result.metrics
+
+
+def test_lora_run_folder_holds_the_adapter_and_reloads_exactly(lora_run, tiny_bert):
+    run_dir, metrics = lora_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "recipe.yaml", "README.md"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "model.safetensors").exists()  # no full copy of the base
+    assert metrics["accuracy"] >= 0.8
+    assert 0 < metrics["trainable_share"] < 0.05 and metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert metrics["adapter_size_mb"] == pytest.approx(
+        (run_dir / "adapter_model.safetensors").stat().st_size / 2**20, abs=1e-3
+    )
+    # the library's own loader on the base reproduces the run's evaluation exactly (the head came with the adapter)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    logits, labels = logits_of(PeftModel.from_pretrained(base, run_dir), run_dir, None)
+    accuracy = (logits.argmax(-1) == labels).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert accuracy == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert loss == pytest.approx(metrics["eval_loss"], abs=1e-5)
+    assert run_cli("eval", run_dir).metrics == {"accuracy": metrics["accuracy"], "eval_loss": metrics["eval_loss"]}
+    checkpoint = sorted((run_dir / "checkpoints").iterdir())[-1]
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+
+
+def test_merge_writes_a_full_model_that_predicts_as_the_adapter(lora_run, tmp_path):
+    run_dir, metrics = lora_run
+    assert run_cli("merge", run_dir, tmp_path / "merged").exit_code == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    adapter = load_run(run_dir).model
+    merged_logits, _ = logits_of(merged, run_dir, None)
+    adapter_logits, _ = logits_of(adapter, run_dir, None)
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-5)  # fp32: the same function
+    assert run_cli("eval", tmp_path / "merged").metrics["accuracy"] == metrics["accuracy"]
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "library_name: transformers" in card and "Merged from the adapter run" in card
+
+
+def test_model_card_carries_hub_metadata_results_and_the_recipe(lora_run, tiny_bert):
+    run_dir, metrics = lora_run
+    text = (run_dir / "README.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert "base_model" not in header and header["library_name"] == "peft"  # a local base has no Hub id
+    assert f"`{tiny_bert}`" in text
+    assert {"finetune", "classification", "lora"} <= set(header["tags"])
+    [result] = header["model-index"][0]["results"]
+    assert result["metrics"] == [{"type": "accuracy", "value": metrics["accuracy"]}]
+    assert f"| trainable_share | {metrics['trainable_share']} |" in text
+    assert "PeftModel.from_pretrained(base" in text and "peft:\n  method: lora" in text
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_base_trains_lora_and_keeps_the_head_in_full_precision(bits, tmp_path, tiny_bert_64):
+    import bitsandbytes as bnb
+
+    rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 33)
+    recipe = lora_recipe(tmp_path, tiny_bert_64, rows, f"quantize: {{bits: {bits}}}")
+    result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    assert result.metrics["accuracy"] >= 0.8
+    run = load_run(tmp_path / "run")
+    layers = dict(run.model.named_modules())
+    kind = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
+    assert isinstance(layers["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer"], kind)
+    assert type(layers["base_model.model.classifier.modules_to_save.default"]) is torch.nn.Linear
+    # the reloaded adapter on a freshly quantised base scores as the run did
+    again = run_cli("eval", tmp_path / "run").metrics
+    assert again["accuracy"] == result.metrics["accuracy"]
+    assert again["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=1e-3)
+    assert run_cli("merge", tmp_path / "run", tmp_path / "merged").exit_code == 0  # dequantised
+    merged = run_cli("eval", tmp_path / "merged").metrics
+    assert merged["eval_loss"] == pytest.approx(result.metrics["eval_loss"], abs=0.05)
+
+
+def test_decoder_lora_trains_the_head_and_only_the_added_token_rows(tmp_path, tiny_llama):
+    rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 33)
+    result = run_cli("train", lora_recipe(tmp_path, tiny_llama, rows), f"output_dir={tmp_path / 'run'}")
+    assert result.metrics["accuracy"] >= 0.9
+    run = load_run(tmp_path / "run")
+    built = build_model(run.recipe, resolve_model(str(tiny_llama)), run.task, run.tokenizer)
+    trained = {name for name, p in built.named_parameters() if p.requires_grad}
+    assert trained and all(
+        ".lora_" in name or "trainable_tokens_delta" in name or name.startswith("head.") for name in trained
+    )
+    assert {"head.weight", "head.bias"} <= trained and any("trainable_tokens_delta" in name for name in trained)
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["trainable_token_indices"] == list(run.task.gpt1_ids.values())
+    assert (tmp_path / "run" / "extract_head.safetensors").is_file()
+    assert run_cli("eval", tmp_path / "run").metrics["accuracy"] == result.metrics["accuracy"]
+
+
+def test_push_uploads_the_adapter_and_card_and_never_shows_the_token(lora_run, tmp_path):
+    run_dir, _ = lora_run
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    with HubStandIn() as hub:
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf"))
+        done = subprocess.run(
+            [sys.executable, "-m", "finetune", "push", str(run_dir), "--repo", "someone/sst2-lora", "--private"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert hub.recorded.repos == [
+        {"name": "sst2-lora", "organization": "someone", "private": True, "type": "model"}
+    ] or (hub.recorded.repos[0]["name"] == "sst2-lora" and hub.recorded.repos[0]["private"] is True)
+    uploaded = set(hub.recorded.files)
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "README.md",
+        "recipe.yaml",
+        "tokenizer.json",
+    } <= uploaded
+    assert not any(p.startswith(("checkpoints/", "best/")) for p in uploaded)
+    assert uploaded <= {p.name for p in run_dir.iterdir()}
+    assert 'PeftModel.from_pretrained(base, "someone/sst2-lora")' in hub.recorded.files["README.md"].decode()
+    assert all(
+        r["headers"].get("authorization", r["headers"].get("Authorization")) == f"Bearer {TOKEN}"
+        for r in hub.recorded.requests
+    )
+    assert TOKEN not in done.stdout + done.stderr
+    assert not any(TOKEN.encode() in content for content in hub.recorded.files.values())
+    assert not any(TOKEN.encode() in p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_push_merge_and_targets_fail_clearly(lora_run, tmp_path, tiny_bert, capsys, monkeypatch):
+    run_dir, _ = lora_run
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
+    assert run_cli("push", run_dir, "--repo", "someone/x").exit_code == 2
+    assert "push: no Hugging Face token" in capsys.readouterr().err
+
+    full = tmp_path / "full"
+    (full).mkdir()
+    (full / "recipe.yaml").write_text((run_dir / "recipe.yaml").read_text())
+    assert run_cli("merge", full, tmp_path / "out").exit_code == 2
+    assert "no adapter here" in capsys.readouterr().err
+
+    rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 9)
+    recipe = lora_recipe(tmp_path, tiny_bert, rows, "", "bad.yaml")
+    result = run_cli("train", recipe, "peft.target_modules=[query, q_proj]", f"output_dir={tmp_path / 'bad'}")
+    assert result.exit_code == 2 and not (tmp_path / "bad").exists()
+    err = capsys.readouterr().err
+    assert "peft.target_modules: q_proj match no layer of BertForSequenceClassification" in err and "query" in err
+
+
+def test_quantization_mistakes_are_caught_before_weights_load(tmp_path, tiny_bert, capsys):
+    rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 9)
+    recipe = lora_recipe(tmp_path, tiny_bert, rows, "quantize: {bits: 4}")
+    assert run_cli("validate", recipe).exit_code == 2
+    assert "quantize.bits: 4-bit layers need widths divisible by 64" in capsys.readouterr().err
+    assert run_cli("validate", recipe, "--set", "peft=null").exit_code == 2
+    assert "quantize: a quantised base cannot be trained itself; add a peft section" in capsys.readouterr().err
+    assert run_cli("validate", recipe, "--set", "quantize.bits=8", "--set", "quantize.quant_type=fp4").exit_code == 2
+    assert "quantize.quant_type: fp4 is a 4-bit data type" in capsys.readouterr().err
