@@ -34,10 +34,10 @@ TASKS = {  # task: (MiniLM recipe, SmolLM2 recipe, reported metric)
         "accuracy",
     ),
 }
-# 2 CPU cores: MiniLM trains on up to 2,000 examples with its recipe's epochs; SmolLM2 (135M) on 384 for one
+# 2 CPU cores: MiniLM trains on up to 2,000 examples with its recipe's epochs; SmolLM2 (135M) on 256 for one
 # epoch, evaluated on the first 200 dev examples (COPA: all 100).
 MINILM_CAPS = ["data.max_train_samples=2000"]
-SMOLLM2_CAPS = ["data.max_train_samples=384", "train.epochs=1", "data.max_eval_samples=200"]
+SMOLLM2_CAPS = ["data.max_train_samples=256", "train.epochs=1", "data.max_eval_samples=200"]
 SMOLLM2_ZERO_SHOT_CAPS = ["data.max_eval_samples=200"]
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, first_line
 from finetune.recipe.schema import PeftSpec, QuantizeSpec
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ def add_lora(
         modules_to_save=[*head_modules(model), *spec.modules_to_save] or None,
         trainable_token_indices=trainable_tokens or None,
     )
-    model = get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as exc:  # e.g. modules_to_save naming a layer that also gets an adapter
+        raise FinetuneError(f"peft: {first_line(exc)}") from None
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "LoRA r=%d on %s: %s of %s parameters train (%.2f%%)",
@@ -118,7 +121,8 @@ def lora_targets(model: nn.Module, spec: PeftSpec, model_type: str) -> list[str]
     layers = [name for name, module in model.named_modules() if _is_linear(module)]
     if spec.target_modules is None:
         default = LORA_TARGETS.get(model_type)
-        return [t for t in default if _matches(t, layers)] if default else "all-linear"
+        found = [t for t in default if _matches(t, layers)] if default else []
+        return found or "all-linear"
     missing = [t for t in spec.target_modules if not _matches(t, layers)]
     if missing:
         endings = sorted({name.split(".")[-1] for name in layers})

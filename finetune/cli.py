@@ -24,7 +24,8 @@ EXAMPLES = {
     "eval": """examples:
   finetune eval runs/sst2-minilm/20261122-160000
   finetune eval runs/sst2-minilm/20261122-160000/checkpoints/step-500 --split validation
-  finetune eval recipes/smollm2/copa-smollm2.yaml --zero-shot""",
+  finetune eval recipes/smollm2/copa-smollm2.yaml --zero-shot
+  finetune eval recipes/smollm2/rte-smollm2.yaml --zero-shot data.max_eval_samples=200""",
     "validate": """examples:
   finetune validate recipes/glue/*.yaml
   finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-shot",
         action="store_true",
         help="score the recipe's base checkpoint by the log-probabilities of the answers",
+    )
+    evaluate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="key.path=value", help="with --zero-shot"
     )
 
     validate = command("validate", "Check recipes, their data and model configs without loading weights.")
@@ -159,11 +163,13 @@ def _eval(args: argparse.Namespace) -> CliResult:
         from finetune.recipe import load_recipe
         from finetune.zeroshot import zero_shot
 
-        metrics = zero_shot(load_recipe(args.run_dir), args.split)
+        metrics = zero_shot(load_recipe(args.run_dir, args.overrides), args.split)
         print(_metrics_line(metrics))
         return CliResult(0, metrics)
     from finetune.pipeline import evaluate_run
 
+    if args.overrides:
+        raise FinetuneError("eval: key.path=value overrides apply with --zero-shot; a run is scored as it was trained")
     metrics = evaluate_run(args.run_dir, args.split)
     print(_metrics_line(metrics))
     return CliResult(0, metrics, args.run_dir)

@@ -275,8 +275,13 @@ class Engine:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.unwrap_model(self.model).save_pretrained(
-            tmp, is_main_process=acc.is_main_process, save_function=acc.save, state_dict=acc.get_state_dict(self.model)
+        model = acc.unwrap_model(self.model)
+        model.save_pretrained(
+            tmp,
+            is_main_process=acc.is_main_process,
+            save_function=acc.save,
+            state_dict=acc.get_state_dict(self.model),
+            **save_options(model),
         )
         if acc.is_main_process:
             self.tokenizer.save_pretrained(tmp)
@@ -294,7 +299,10 @@ class Engine:
         acc.save_state(str(tmp))
         if has_adapter(self.model):  # the adapter too, so that `finetune eval` reads a checkpoint as it reads a run
             acc.unwrap_model(self.model).save_pretrained(
-                tmp, is_main_process=acc.is_main_process, state_dict=acc.get_state_dict(self.model)
+                tmp,
+                is_main_process=acc.is_main_process,
+                state_dict=acc.get_state_dict(self.model),
+                **save_options(acc.unwrap_model(self.model)),
             )
         acc.wait_for_everyone()  # every process has written its RNG state before the folder is renamed
         if acc.is_main_process:
@@ -310,7 +318,8 @@ class Engine:
         acc.wait_for_everyone()
 
     def _load_checkpoint(self, folder: Path) -> None:
-        self.accelerator.load_state(str(folder))
+        # a 4-bit base stores its quantisation constants beside the weights, which its layers do not read back
+        self.accelerator.load_state(str(folder), strict=not has_adapter(self.model))
         saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         self.log.keep_first(saved.pop("log_records"))  # what was logged after the checkpoint is logged again
         self.state = TrainState(**saved)
@@ -342,6 +351,11 @@ class Engine:
 def has_adapter(model: torch.nn.Module) -> bool:
     """Does the model train peft adapters (possibly inside a head of ours)?"""
     return any(isinstance(module, PeftModel) for module in model.modules())
+
+
+def save_options(model: torch.nn.Module) -> dict[str, bool]:
+    """peft saves whole embedding matrices when the vocabulary grew; the added tokens' rows are in the adapter."""
+    return {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
 
 
 def _replace_dir(new: Path, target: Path) -> None:

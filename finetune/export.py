@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
 from finetune.errors import FinetuneError, first_line
-from finetune.heads import HEAD_CONFIG
 from finetune.mirrors import looks_like_path
+from finetune.plots import PLOT_FILE
 from finetune.recipe import Recipe, dump_recipe, load_recipe
-from finetune.rundir import METRICS_FILE, RECIPE_FILE, find_recipe, write_recipe
+from finetune.recipe.schema import HubSpec
+from finetune.rundir import METRICS_FILE, find_recipe, write_recipe
+from finetune.tasks import Task
+
+if TYPE_CHECKING:
+    from finetune.pipeline import LoadedRun
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +32,23 @@ UPLOAD_IGNORE = ["checkpoints/*", "best/*", ".*", "*/.*", "eval_*.json", "log.js
 PIPELINE_TAGS = {"multiple_choice": "multiple-choice", "text_to_text": "text2text-generation"}
 
 
-def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any], merged_from: Path | None = None) -> Path:
+def write_model_card(
+    run_dir: Path, recipe: Recipe, metrics: dict[str, Any], task: Task, merged_from: Path | None = None
+) -> Path:
     """README.md with the Hub's metadata header (base model, library, tags, datasets, metric values), the
     training settings, results, size report, the exact recipe and how to load the model."""
     adapter = is_adapter_dir(run_dir)
-    task = recipe.task
-    metric_names = [m for m in task.metric_names if m in metrics]
+    spec = recipe.task
+    metric_names = [m for m in spec.metric_names if m in metrics]
     dataset = recipe.data.source
     data = ModelCardData(
         model_name=recipe.name,
         base_model=None if looks_like_path(recipe.model.name) else recipe.model.name,  # the Hub wants an id
         library_name="peft" if adapter else "transformers",
-        pipeline_tag=PIPELINE_TAGS.get(task.head, PIPELINE_TAGS.get(task.type, "text-classification")),
+        pipeline_tag=PIPELINE_TAGS.get(spec.head, PIPELINE_TAGS.get(spec.type, "text-classification")),
         tags=[
             "finetune",
-            task.type,
+            spec.type,
             *(["lora"] if recipe.peft else []),
             *([f"{recipe.quantize.bits}-bit"] if recipe.quantize else []),
         ],
@@ -48,7 +56,7 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any], mer
         metrics=metric_names,
         eval_results=[
             EvalResult(
-                task_type=PIPELINE_TAGS.get(task.type, "text-classification"),
+                task_type=PIPELINE_TAGS.get(spec.type, "text-classification"),
                 dataset_type=dataset or "local",
                 dataset_name=" ".join(filter(None, [dataset or "local files", recipe.data.subset])),
                 dataset_config=recipe.data.subset,
@@ -60,20 +68,18 @@ def write_model_card(run_dir: Path, recipe: Recipe, metrics: dict[str, Any], mer
         ]
         or None,
     )
-    body = _card_body(recipe, metrics, adapter, (run_dir / HEAD_CONFIG).is_file(), merged_from)
+    body = _card_body(recipe, metrics, _load_snippet(recipe, task, adapter), merged_from)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     path = run_dir / CARD_FILE
     card.save(path)
     return path
 
 
-def _card_body(
-    recipe: Recipe, metrics: dict[str, Any], adapter: bool, decoder_head: bool, merged_from: Path | None
-) -> str:
+def _card_body(recipe: Recipe, metrics: dict[str, Any], load_snippet: str, merged_from: Path | None) -> str:
     task, train = recipe.task, recipe.train
     source = recipe.data.source or "local files"
-    what = f"a LoRA adapter (r={recipe.peft.r}, alpha={recipe.peft.alpha})" if adapter else "a fine-tuned model"
-    if recipe.quantize and adapter:
+    what = f"a LoRA adapter (r={recipe.peft.r}, alpha={recipe.peft.alpha})" if recipe.peft else "a fine-tuned model"
+    if recipe.quantize:
         what += f" trained on a {recipe.quantize.bits}-bit base"
     results = "\n".join(f"| {k} | {v} |" for k, v in metrics.items() if k in task.metric_names or k == "eval_loss")
     sizes = (
@@ -124,7 +130,7 @@ recipe below.{merged}
 ## How to load
 
 ```python
-{_load_snippet(recipe, adapter, decoder_head)}
+{load_snippet}
 ```
 
 ## Recipe
@@ -139,24 +145,18 @@ def _model_link(name: str) -> str:
     return f"`{name}`" if looks_like_path(name) else f"[`{name}`](https://huggingface.co/{name})"
 
 
-def _load_snippet(recipe: Recipe, adapter: bool, decoder_head: bool) -> str:
+def _load_snippet(recipe: Recipe, task: Task, adapter: bool) -> str:
     repo = recipe.hub.repo if recipe.hub else "REPO"
-    if decoder_head:
+    if task.gpt1_ids is not None:
         return (
             "from huggingface_hub import snapshot_download  # the decoder, its GPT-1 head and tokens\n"
             "from finetune.pipeline import predict\n"
             f'predict(snapshot_download("{repo}"), "rows.jsonl")  # pip install finetune'
         )
-    model_class = {"text_to_text": "AutoModelForSeq2SeqLM"}.get(recipe.task.head, "AutoModelForSequenceClassification")
-    if recipe.task.type == "multiple_choice" and recipe.task.head != "text_to_text":
-        model_class = "AutoModelForMultipleChoice"
+    model_class = task.model_class.__name__
     if not adapter:
         return f'from transformers import {model_class}\nmodel = {model_class}.from_pretrained("{repo}")'
-    labels = (
-        f", num_labels={len(recipe.task.labels)}"
-        if recipe.task.labels and model_class.endswith("Classification")
-        else ""
-    )
+    labels = f", num_labels={task.num_labels}" if model_class == "AutoModelForSequenceClassification" else ""
     return (
         f"from transformers import {model_class}; from peft import PeftModel\n"
         f'base = {model_class}.from_pretrained("{recipe.model.name}"{labels})\n'
@@ -173,9 +173,8 @@ def merge_run(run_dir: Path, out_dir: Path) -> Path:
         raise FinetuneError(f"{out_dir}: not empty; merge writes a fresh folder")
     from finetune.pipeline import load_run
 
-    run = load_run(run_dir, dequantize=True)
-    model = run.accelerator.unwrap_model(run.model)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    run = load_run(run_dir, dequantize=True, prepare=False)
+    merged = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
     if hasattr(merged, "lm") and hasattr(merged.lm, "merge_and_unload"):  # a decoder's head around the adapter
         merged.lm = merged.lm.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,9 +182,10 @@ def merge_run(run_dir: Path, out_dir: Path) -> Path:
     run.tokenizer.save_pretrained(out_dir)
     recipe = run.recipe.model_copy(update={"peft": None, "quantize": None})
     write_recipe(out_dir, recipe)
-    metrics_file = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    write_model_card(out_dir, recipe, metrics, merged_from=run_dir)
+    for name in (METRICS_FILE, PLOT_FILE):  # the run's results travel with the merged model
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    write_model_card(out_dir, recipe, _metrics_of(run_dir), run.task, merged_from=run_dir)
     log.info("merged %s into %s", run_dir, out_dir)
     return out_dir
 
@@ -208,11 +208,9 @@ def push_run(run_dir: Path, repo: str | None = None, private: bool | None = None
         raise FinetuneError("push: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
     with tempfile.TemporaryDirectory() as tmp:
         folder = merge_run(run_dir, Path(tmp) / "merged") if merged else run_dir
-        _check_loads(folder)
-        metrics_file = folder / METRICS_FILE
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-        with_repo = load_recipe(folder / RECIPE_FILE, [f"hub.repo={repo}"])
-        write_model_card(folder, with_repo, metrics, merged_from=run_dir if merged else None)
+        run = _check_loads(folder)
+        target = run.recipe.model_copy(update={"hub": HubSpec(repo=repo, private=private, merged=merged)})
+        write_model_card(folder, target, _metrics_of(run_dir), run.task, merged_from=run_dir if merged else None)
         api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
         try:
             api.create_repo(repo, private=private, exist_ok=True)
@@ -232,13 +230,21 @@ def _kind(folder: Path, merged: bool) -> str:
     return "merged model" if merged else "adapter" if is_adapter_dir(folder) else "model"
 
 
-def _check_loads(folder: Path) -> None:
+def _check_loads(folder: Path) -> LoadedRun:
+    """The folder loaded as `finetune eval` loads it (on the CPU, outside any process group)."""
     from finetune.pipeline import load_run
 
     try:
-        load_run(folder)
+        return load_run(folder, prepare=False)
     except FinetuneError as exc:
         raise FinetuneError(*[f"push: refused, the folder does not load: {p}" for p in exc.problems]) from None
+    except Exception as exc:  # a broken file surfaces from safetensors, peft or transformers in many types
+        raise FinetuneError(f"push: refused, the folder does not load: {first_line(exc)}") from None
+
+
+def _metrics_of(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _redact(text: str, token: str) -> str:

@@ -103,12 +103,15 @@ class ExtractTokenModel(nn.Module):
         state_dict: dict | None = None,
         is_main_process: bool = True,
         save_function: Any = torch.save,
+        **_: Any,
     ) -> None:
         folder = Path(folder)
         state = state_dict if state_dict is not None else self.state_dict()
         lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+        # a LoRA decoder keeps its added tokens' rows in the adapter, not whole embedding matrices
+        extra = {"save_embedding_layers": False} if hasattr(self.lm, "peft_config") else {}
         self.lm.save_pretrained(
-            folder, state_dict=lm_state, is_main_process=is_main_process, save_function=save_function
+            folder, state_dict=lm_state, is_main_process=is_main_process, save_function=save_function, **extra
         )
         if is_main_process:
             head = {k.removeprefix("head."): v.contiguous() for k, v in state.items() if k.startswith("head.")}

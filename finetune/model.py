@@ -112,7 +112,7 @@ def load_backbone(
                 trust_remote_code=spec.trust_remote_code,
                 quantization_config=quantization,
             )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: a quantised base without bitsandbytes
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)

@@ -99,7 +99,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         metrics.update(saved_size(run_dir))
         write_json(run_dir / METRICS_FILE, metrics)
         plot_training(run_dir)
-        write_model_card(run_dir, recipe, metrics)
+        write_model_card(run_dir, recipe, metrics, task)
         if recipe.hub is not None and recipe.hub.push:
             log.info("pushed: %s", push_run(run_dir))
     accelerator.end_training()
@@ -127,6 +127,9 @@ def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str
     raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
     data.check_columns(raw, recipe.task)
     task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
+    words = recipe.task.verbalizer
+    if words is not None and task.labels is not None and set(words) != set(task.labels):
+        raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
     task.family = family or "encoder"
     if family == "decoder":
         task.gpt1_ids = add_gpt1_tokens(tokenizer)
@@ -152,15 +155,15 @@ class LoadedRun:
         return self.accelerator.prepare(loader)
 
 
-def load_run(folder: Path, dequantize: bool = False) -> LoadedRun:
+def load_run(folder: Path, dequantize: bool = False, prepare: bool = True) -> LoadedRun:
     """Load a run folder or one of its checkpoints onto this machine's device (an adapter run's 4/8-bit base
-    in full precision with `dequantize`)."""
+    in full precision with `dequantize`; left on the CPU, with no accelerator, without `prepare`)."""
     recipe = load_recipe(find_recipe(folder))
     if is_adapter_dir(folder):
         task, tokenizer, model = _load_adapter_run(recipe, folder, dequantize)
     else:
         probe = build_task(recipe.task, None)
-        probe.family = detect_family(read_config(folder))
+        probe.family = detect_family(read_config(folder)) if recipe.model.family == "auto" else recipe.model.family
         model, tokenizer = load_finetuned(str(folder), probe.model_class)
         labels = None
         if recipe.task.has_classes:
@@ -169,6 +172,8 @@ def load_run(folder: Path, dequantize: bool = False) -> LoadedRun:
         task.family = probe.family
         if isinstance(model, ExtractTokenModel):
             task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
+    if not prepare:
+        return LoadedRun(recipe, task, tokenizer, model.eval(), None)
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
     return LoadedRun(recipe, task, tokenizer, accelerator.prepare(model), accelerator)
 
@@ -176,7 +181,8 @@ def load_run(folder: Path, dequantize: bool = False) -> LoadedRun:
 def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[Task, PreTrainedTokenizerBase, Any]:
     """An adapter run: its base checkpoint, built as in training, with the saved adapter and head."""
     resolved = resolve_model(recipe.model.name)
-    family, _ = resolve_architecture(recipe.model, Report(model=resolved))
+    known = None if recipe.model.family == "auto" else recipe.model.family
+    family, _ = resolve_architecture(recipe.model, Report(model=resolved, family=known))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     task = build_task(recipe.task, recipe.task.labels)
     task.family = family

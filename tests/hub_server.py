@@ -15,6 +15,7 @@ class Recorded:
     requests: list[dict] = field(default_factory=list)  # method, path, headers, body (text)
     repos: list[dict] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # path in the repo -> content
+    cards: list[dict] = field(default_factory=list)  # model cards sent for validation
 
 
 class HubStandIn:
@@ -41,6 +42,9 @@ class HubStandIn:
                     recorded.repos.append(repo)
                     name = f"{repo.get('organization') or 'user'}/{repo['name']}"
                     self._reply(200, {"url": f"{server.url}/{name}", "name": name, "id": "1"})
+                elif path == "/api/validate-yaml":  # the card's metadata header, checked before a commit
+                    recorded.cards.append(json.loads(body))
+                    self._reply(200, {})
                 elif path.endswith("/preupload/main"):
                     files = json.loads(body)["files"]
                     modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
@@ -60,7 +64,7 @@ class HubStandIn:
                     {
                         "method": self.command,
                         "path": self.path,
-                        "headers": dict(self.headers),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": body.decode("latin-1"),
                     }
                 )

@@ -463,6 +463,17 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _adapters_need_a_saved_base(self) -> Recipe:
+        if self.peft is not None and (self.model.init == "random" or self.model.pretrained_layers is not None):
+            key = "model.init" if self.model.init == "random" else "model.pretrained_layers"
+            raise ValueError(
+                f"{key}: adapters train on a pretrained base that is not saved; fine-tune in full (no peft)"
+            )
+        if self.hub is not None and self.hub.merged and self.peft is None:
+            raise ValueError("hub.merged: only adapter runs are merged; a full fine-tune is pushed as it is")
+        return self
+
+    @model_validator(mode="after")
     def _eval_split_differs(self) -> Recipe:
         if self.data.eval_split == self.data.train_split:
             raise ValueError("data.eval_split: evaluating on the training split measures nothing; name another split")

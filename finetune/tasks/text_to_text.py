@@ -10,6 +10,10 @@ and adds their log-probabilities. Classes train with T5's loss, teacher-forced c
 word's tokens; multiple choice with GPT-1's, the softmax over the candidates' scores and cross-entropy on the
 right one (learning to write whole answers would teach the ranking only indirectly). `eval_loss` is that
 softmax's cross-entropy for every task type.
+
+Each (source, target) pair is one row of a single forward call, so the encoder reads a source once per
+target (k times one pass's encoder work, small for class words); in exchange the call is an ordinary
+forward that DDP, FSDP and mixed precision handle as they handle any other.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
-from transformers.modeling_outputs import BaseModelOutput
 
 from finetune.batching import group_mask, pad_groups
 from finetune.fields import answer_index, candidates_of, context_of, get_field
@@ -98,17 +101,14 @@ class TextToText(Task):
         sources, source_mask = batch["input_ids"], batch["attention_mask"]  # (B, S, L)
         targets, target_mask = batch["target_ids"], batch["target_mask"]  # (B, k, T)
         (b, s, length), (k, t) = sources.shape, targets.shape[1:]
-        # the encoder reads each source once; the decoder scores every target against it
-        encoded = model.get_encoder()(
-            input_ids=sources.flatten(0, 1), attention_mask=source_mask.flatten(0, 1)
-        ).last_hidden_state  # (B*S, L, H)
-        hidden = encoded.view(b, s, 1, length, -1).expand(b, s, k, length, encoded.shape[-1])
-        memory_mask = source_mask.view(b, s, 1, length).expand(b, s, k, length)
+        # one ordinary forward call (as DDP, FSDP and autocast need): each (source, target) pair is a row
+        source_ids = sources.view(b, s, 1, length).expand(b, s, k, length).reshape(b * s * k, length)
+        memory_mask = source_mask.view(b, s, 1, length).expand(b, s, k, length).reshape(b * s * k, length)
         target_ids = targets.view(b, 1, k, t).expand(b, s, k, t).reshape(b * s * k, t)
         token_mask = target_mask.view(b, 1, k, t).expand(b, s, k, t).reshape(b * s * k, t)
         output = model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden.reshape(b * s * k, length, -1)),
-            attention_mask=memory_mask.reshape(b * s * k, length),
+            input_ids=source_ids,
+            attention_mask=memory_mask,
             labels=target_ids.masked_fill(token_mask == 0, -100),  # decoder inputs are these, shifted right
         )
         logprobs = torch.log_softmax(output.logits.float(), dim=-1)  # (B*S*k, T, V)
