@@ -226,3 +226,29 @@ def test_hub_push_in_the_recipe_pushes_at_the_end_of_training(tmp_path, tiny_ber
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         assert run_cli("train", recipe, f"output_dir={tmp_path / 'run'}").exit_code == 0
     assert hub.recorded.repos[0]["name"] == "pushed" and "adapter_model.safetensors" in hub.recorded.files
+
+
+def test_a_4bit_adapter_run_resumes_to_the_same_adapter(tmp_path, tiny_bert_64, monkeypatch):
+    from safetensors.torch import load_file
+
+    from finetune import engine as engine_module
+
+    rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 17)  # 2 steps an epoch; a checkpoint each epoch
+    recipe = lora_recipe(tmp_path, tiny_bert_64, rows, "quantize: {bits: 4}", epochs=3)
+    full = run_cli("train", recipe, f"output_dir={tmp_path / 'full'}")
+    original = engine_module.Engine._after_step
+
+    def crash_after_step_3(self, window, bar):
+        original(self, window, bar)
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module.Engine, "_after_step", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}")
+    monkeypatch.setattr(engine_module.Engine, "_after_step", original)
+    resumed = run_cli("train", recipe, f"output_dir={tmp_path / 'cut'}", "--resume")
+    assert resumed.metrics["eval_loss"] == full.metrics["eval_loss"]
+    weights = [load_file(tmp_path / run / "adapter_model.safetensors") for run in ("full", "cut")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
