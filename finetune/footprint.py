@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from finetune.adapters import ADAPTER_WEIGHTS
+from finetune.heads import HEAD_WEIGHTS
+
 MB = 2**20
-ADAPTER_FILES = ("adapter_model.safetensors", "extract_head.safetensors")
 
 
 def parameter_report(model: torch.nn.Module) -> dict[str, float]:
@@ -42,8 +44,8 @@ def peak_memory() -> dict[str, float]:
 
 def saved_size(run_dir: Path) -> dict[str, float]:
     """Size on disk of the saved weights: the adapter (and a decoder head's weights), else the full model."""
-    adapter = [run_dir / name for name in ADAPTER_FILES if (run_dir / name).is_file()]
-    if (run_dir / ADAPTER_FILES[0]).is_file():
+    if (run_dir / ADAPTER_WEIGHTS).is_file():
+        adapter = [run_dir / name for name in (ADAPTER_WEIGHTS, HEAD_WEIGHTS) if (run_dir / name).is_file()]
         return {"adapter_size_mb": round(sum(p.stat().st_size for p in adapter) / MB, 3)}
     weights = [*run_dir.glob("*.safetensors")]
     return {"model_size_mb": round(sum(p.stat().st_size for p in weights) / MB, 1)}

@@ -44,7 +44,7 @@ def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokeni
 
 def resolve_architecture(spec: ModelSpec, report: Report) -> tuple[str, str | None]:
     """The family and model type validation found or, for a Hub checkpoint it could not see, those of its config."""
-    if report.family is not None and (report.family != "encoder-decoder" or report.model_type is not None):
+    if report.architecture_known:
         return report.family, report.model_type
     try:
         config = AutoConfig.from_pretrained(

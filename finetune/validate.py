@@ -44,6 +44,11 @@ class Report:
     labels: list[str] | None = None
     model: ResolvedModel | None = None
 
+    @property
+    def architecture_known(self) -> bool:
+        """Family (and, for an encoder-decoder, model type) known without loading the checkpoint's config."""
+        return self.family is not None and (self.family != "encoder-decoder" or self.model_type is not None)
+
     def raise_for_problems(self) -> None:
         if self.problems:
             raise FinetuneError(*self.problems)
@@ -129,7 +134,7 @@ def _check_hub(recipe: Recipe, report: Report) -> None:
 
 
 def _check_head(recipe: Recipe, report: Report) -> None:
-    if report.family is not None and (report.family != "encoder-decoder" or report.model_type is not None):
+    if report.architecture_known:
         report.problems.extend(head_problems(recipe, report.family, report.model_type))
     # otherwise checked once the checkpoint's config loads
 
