@@ -27,6 +27,20 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def run_keys(keys: list[str], known: list[str], execute, results: Path, write_table) -> None:
+    """Run the chosen keys (all known ones by default) in the order given, storing each result as
+    `results/<key>.json` and rewriting the table after each."""
+    results.mkdir(parents=True, exist_ok=True)
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise SystemExit(f"unknown run keys: {', '.join(unknown)}")
+    for key in keys or known:
+        result = execute(key)
+        (results / f"{key}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result), flush=True)
+        write_table()
+
+
 def run(recipe: str) -> dict:
     name = Path(recipe).stem
     out = REPO / "runs" / "bench" / name

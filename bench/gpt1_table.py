@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from glue import hardware
+from glue import hardware, run_keys
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpt1"
@@ -170,17 +170,8 @@ def _cell(result: dict | None, metric: str) -> str:
 
 
 def main(keys: list[str]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     by_key = {r.key: r for r in runs()}
-    unknown = [key for key in keys if key not in by_key]
-    if unknown:
-        raise SystemExit(f"unknown run keys: {', '.join(unknown)}")
-    chosen = [by_key[key] for key in keys] if keys else list(by_key.values())  # in the order given
-    for run in chosen:
-        result = execute(run)
-        (RESULTS / f"{run.key}.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result), flush=True)
-        TABLE.write_text(table())
+    run_keys(keys, list(by_key), lambda key: execute(by_key[key]), RESULTS, lambda: TABLE.write_text(table()))
 
 
 if __name__ == "__main__":

@@ -80,8 +80,10 @@ def add_lora(
     quantized: bool,
     gradient_checkpointing: bool,
     trainable_tokens: list[int] | None = None,
+    task_type: str | None = None,
 ) -> PeftModel:
-    """The model with LoRA adapters: only the adapters, the head and `trainable_tokens` rows train."""
+    """The model with LoRA adapters: only the adapters, the head and `trainable_tokens` rows train. `task_type`
+    (peft's CAUSAL_LM, SEQ_2_SEQ_LM) makes the adapter load with peft's classes for generation."""
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
@@ -99,6 +101,7 @@ def add_lora(
         use_dora=spec.use_dora,
         modules_to_save=[*head_modules(model), *spec.modules_to_save] or None,
         trainable_token_indices=trainable_tokens or None,
+        task_type=task_type,
     )
     try:
         model = get_peft_model(model, config)

@@ -25,7 +25,8 @@ EXAMPLES = {
   finetune eval runs/sst2-minilm/20261122-160000
   finetune eval runs/sst2-minilm/20261122-160000/checkpoints/step-500 --split validation
   finetune eval recipes/smollm2/copa-smollm2.yaml --zero-shot
-  finetune eval recipes/smollm2/rte-smollm2.yaml --zero-shot data.max_eval_samples=200""",
+  finetune eval recipes/smollm2/rte-smollm2.yaml --zero-shot data.max_eval_samples=200
+  finetune eval recipes/seq2seq/dialogsum-smollm2.yaml --zero-shot --predictions dialogsum.jsonl""",
     "validate": """examples:
   finetune validate recipes/glue/*.yaml
   finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="key.path=value", help="with --zero-shot"
+    )
+    evaluate.add_argument(
+        "--predictions", type=Path, help="with --zero-shot on a seq2seq recipe: write the generated texts here (jsonl)"
     )
 
     validate = command("validate", "Check recipes, their data and model configs without loading weights.")
@@ -163,13 +167,16 @@ def _eval(args: argparse.Namespace) -> CliResult:
         from finetune.recipe import load_recipe
         from finetune.zeroshot import zero_shot
 
-        metrics = zero_shot(load_recipe(args.run_dir, args.overrides), args.split)
+        metrics = zero_shot(load_recipe(args.run_dir, args.overrides), args.split, predictions_path=args.predictions)
         print(_metrics_line(metrics))
         return CliResult(0, metrics)
     from finetune.pipeline import evaluate_run
 
-    if args.overrides:
-        raise FinetuneError("eval: key.path=value overrides apply with --zero-shot; a run is scored as it was trained")
+    if args.overrides or args.predictions:
+        raise FinetuneError(
+            "eval: key.path=value overrides and --predictions apply with --zero-shot; a run is scored as it was "
+            "trained and writes predictions_<split>.jsonl into its folder"
+        )
     metrics = evaluate_run(args.run_dir, args.split)
     print(_metrics_line(metrics))
     return CliResult(0, metrics, args.run_dir)
@@ -208,7 +215,7 @@ def _inspect(args: argparse.Namespace) -> CliResult:
     report.raise_for_problems()
     tokenizer = load_tokenizer(recipe.model, report.model)
     recipe, family = settle_architecture(recipe, report)
-    task, tokenized = prepare_data(recipe, tokenizer, family)
+    task, tokenized, _ = prepare_data(recipe, tokenizer, family)
     split = tokenized[args.split]
     for index in range(min(args.n, len(split))):
         print(render_example(index, split[index], tokenizer, task), end="\n\n")

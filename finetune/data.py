@@ -12,12 +12,28 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.errors import FinetuneError, first_line
 from finetune.fields import get_field, task_fields
+from finetune.instructions import load_mixture
 from finetune.labels import infer_labels
 from finetune.recipe.schema import DataSpec, Recipe, TaskSpec
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
+
+
+def load_splits(recipe: Recipe, splits: dict[str, str]) -> tuple[DatasetDict, dict]:
+    """The named splits with their columns checked; an instruction recipe's train and eval examples drawn from
+    its mixture instead, with the mixture's report (empty for other tasks)."""
+    if recipe.task.type != "instruction":
+        raw = load_raw(recipe.data, splits)
+        check_columns(raw, recipe.task)
+        return raw, {}
+    examples, report = load_mixture(recipe)
+    loaded = {}
+    for key in splits:
+        loaded[key] = Dataset.from_list(examples[key])
+        loaded[key]._fingerprint = Hasher.hash(examples[key])  # the same mixture hits the tokenization cache
+    return DatasetDict(loaded), report
 
 
 def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
@@ -43,7 +59,9 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
             raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
         fmt = source.format_of(split, spec.format)
         path = str(source.files[split])
-        if fmt in ("csv", "tsv"):
+        if fmt == "lines":
+            loaded[key] = _load_lines(source, split)
+        elif fmt in ("csv", "tsv"):
             loaded[key] = _load_delimited(source, split, fmt, path)
         elif fmt in ("json", "jsonl"):
             loaded[key] = load_dataset("json", data_files={split: path}, split=split, encoding=source.reader.encoding)
@@ -54,6 +72,18 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
         renames = {k: v for k, v in source.rename.items() if k in loaded[key].column_names}
         loaded[key] = loaded[key].rename_columns(renames)
     return DatasetDict(loaded)
+
+
+def _load_lines(source: LocalTables, split: str) -> Dataset:
+    """Line-aligned text files as a dataset, fingerprinted by the files' paths, sizes and times (for the cache)."""
+    rows = list(read_rows(source, split, "lines"))
+    if not rows:
+        raise FinetuneError(f"data.files.{split}: the line-aligned files are empty")
+    dataset = Dataset.from_list(rows)
+    files = source.files[split]
+    paths = [p for f in files.values() for p in (f if isinstance(f, list) else [f])]
+    dataset._fingerprint = Hasher.hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+    return dataset
 
 
 def _load_delimited(source: LocalTables, split: str, fmt: str, path: str) -> Dataset:
@@ -96,11 +126,10 @@ def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
 
 def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
     """Every column the task reads is present in every split; else name what is there."""
-    columns = dict.fromkeys(path.split(".")[0] for path in task_fields(spec).values())
     problems = [
         f"task: no column {column!r} in the {key} split (columns: {', '.join(ds.column_names)})"
         for key, ds in raw.items()
-        for column in columns
+        for column in dict.fromkeys(path.split(".")[0] for path in task_fields(spec, key).values())
         if column not in ds.column_names
     ]
     if problems:
@@ -130,12 +159,13 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
                 task.spec.model_dump(),
                 task.labels,
                 max_length,
+                task.max_target_length,
                 _tokenizer_identity(tokenizer),
                 _formatting_code(task),
             )
         )
         tokenized[key] = ds.map(
-            task.format,
+            task.formatter(key),
             batched=True,
             fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
             remove_columns=ds.column_names,
@@ -171,4 +201,7 @@ def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: i
         row = tokenized[index]
         ids = row["input_ids"]
         texts = [tokenizer.decode(seq) for seq in ids] if ids and isinstance(ids[0], list) else [tokenizer.decode(ids)]
-        log.info("sample %d: %s | label %s", index, " || ".join(texts), row.get("labels"))
+        label = row.get("labels")
+        if isinstance(label, list):  # a generated target: the learned tokens as text
+            label = repr(tokenizer.decode([t for t in label if t >= 0]))
+        log.info("sample %d: %s | label %s", index, " || ".join(texts), label)

@@ -35,7 +35,7 @@ from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpo
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-Evaluate = Callable[[torch.nn.Module, DataLoader], dict[str, float]]
+Evaluate = Callable[[torch.nn.Module, DataLoader, int], dict[str, float]]  # (model, loader, step) -> metrics
 Forward = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor | None, torch.Tensor]]
 
 
@@ -188,7 +188,8 @@ class Engine:
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 state.batches_in_epoch += 1
-                window.add(loss.detach().float().item(), len(batch["input_ids"]) * acc.num_processes)
+                examples = int(batch["examples"]) if "examples" in batch else len(batch["input_ids"])  # packed: 1 row
+                window.add(loss.detach().float().item(), examples * acc.num_processes)
                 if not acc.sync_gradients:
                     continue
                 self.scheduler.step()
@@ -238,7 +239,7 @@ class Engine:
 
     def _evaluate(self) -> None:
         state = self.state
-        metrics = self.evaluate(self.model, self.eval_loader)
+        metrics = self.evaluate(self.model, self.eval_loader, state.global_step)
         self.model.train()
         state.last_eval_step, state.last_metrics = state.global_step, metrics
         self.log.write(

@@ -1,14 +1,22 @@
-"""Evaluation: run a model over a dataloader, gather across processes, score with the task's metrics."""
+"""Evaluation: run a model over a dataloader, gather across processes, score with the task's metrics; for seq2seq,
+generate the outputs and judge the text."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from datasets import Dataset
 from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
 
 from finetune.metrics import compute_metrics
-from finetune.tasks import Task
+from finetune.recipe.schema import GenerationSpec
+from finetune.tasks import Seq2Seq, Task
+from finetune.tasks.seq2seq import IGNORE
 
 
 @torch.no_grad()
@@ -41,3 +49,95 @@ def evaluate_model(
     metrics = compute_metrics(task.metric_names, task.metric_inputs(logits), labels)
     metrics["eval_loss"] = task.loss(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {name: round(value, 6) for name, value in metrics.items()}
+
+
+@torch.no_grad()
+def generate_texts(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    task: Seq2Seq,
+    accelerator: Accelerator,
+    spec: GenerationSpec,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[list[str], float | None]:
+    """The generated text of every example in dataset order, gathered from every process, and the teacher-forced
+    loss per target token (None when the data has no targets)."""
+    model.eval()
+    generator = accelerator.unwrap_model(model)
+    texts: list[str] = []
+    loss_sum = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    for batch in loader:
+        if "labels" in batch:
+            loss, _ = task.forward(model, batch)
+            count = (batch["labels"] != IGNORE).sum()
+            loss_sum, tokens = loss_sum + loss.float() * count, tokens + count
+        ids = task.generate(generator, batch, spec, tokenizer)
+        ids = accelerator.pad_across_processes(ids, dim=1, pad_index=tokenizer.pad_token_id)
+        texts += [
+            t.strip() for t in tokenizer.batch_decode(accelerator.gather_for_metrics(ids), skip_special_tokens=True)
+        ]
+    total = accelerator.reduce(tokens, "sum").item()
+    return texts, (accelerator.reduce(loss_sum, "sum").item() / total if total else None)
+
+
+def evaluate_generation(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    task: Seq2Seq,
+    accelerator: Accelerator,
+    spec: GenerationSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_set: Dataset,
+    predictions_path: Path | None = None,
+) -> dict[str, float]:
+    """Generate for every example of `eval_set` (tokenized, with its references), score the text with the task's
+    metrics, and write prompt, prediction and references per example to `predictions_path` (jsonl)."""
+    texts, loss = generate_texts(model, loader, task, accelerator, spec, tokenizer)
+    references = eval_set["references"]
+    metrics = compute_metrics(task.metric_names, texts, references)
+    if loss is not None:
+        metrics["eval_loss"] = loss
+    groups = eval_set["group"] if "group" in eval_set.column_names else None
+    if predictions_path is not None and accelerator.is_main_process:
+        prompts = tokenizer.batch_decode(
+            [ids[:n] for ids, n in zip(eval_set["input_ids"], eval_set["prompt_length"])], skip_special_tokens=True
+        )
+        records = [
+            {"prompt": p, "prediction": t, "references": r} for p, t, r in zip(prompts, texts, references, strict=True)
+        ]
+        if groups is not None:
+            records = [{"task": g, **r} for g, r in zip(groups, records)]
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        predictions_path.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        )
+        if groups is not None:
+            write_task_table(per_task_metrics(task.metric_names, texts, references, groups), predictions_path)
+    return {name: round(value, 6) for name, value in metrics.items()}
+
+
+def per_task_metrics(
+    names: list[str], texts: list[str], references: list[list[str]], groups: list[str]
+) -> dict[str, dict[str, float]]:
+    """The metrics of each task's examples, and their count."""
+    table = {}
+    for group in sorted(set(groups)):
+        chosen = [i for i, g in enumerate(groups) if g == group]
+        scores = compute_metrics(names, [texts[i] for i in chosen], [references[i] for i in chosen])
+        table[group] = {"examples": len(chosen), **{k: round(v, 4) for k, v in scores.items()}}
+    return table
+
+
+def write_task_table(table: dict[str, dict[str, float]], predictions_path: Path) -> None:
+    """`<predictions>.tasks.json` and the markdown table `<predictions>.tasks.md`: a row per task, then the mean
+    over tasks (each task counting once)."""
+    base = predictions_path.with_suffix("")
+    base.with_name(base.name + ".tasks.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    names = [k for k in next(iter(table.values())) if k != "examples"]
+    rows = [(task, row["examples"], [row[n] for n in names]) for task, row in table.items()]
+    means = [sum(row[n] for row in table.values()) / len(table) for n in names]
+    rows.append((f"mean over {len(table)} tasks", sum(r["examples"] for r in table.values()), means))
+    lines = ["| task | examples | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    lines += [f"| {t} | {n} | " + " | ".join(f"{v:.4f}" for v in values) + " |" for t, n, values in rows]
+    base.with_name(base.name + ".tasks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -45,7 +45,7 @@ def write_model_card(
         model_name=recipe.name,
         base_model=None if looks_like_path(recipe.model.name) else recipe.model.name,  # the Hub wants an id
         library_name="peft" if adapter else "transformers",
-        pipeline_tag=PIPELINE_TAGS.get(spec.head, PIPELINE_TAGS.get(spec.type, "text-classification")),
+        pipeline_tag=_pipeline_tag(task),
         tags=[
             "finetune",
             spec.type,
@@ -56,7 +56,7 @@ def write_model_card(
         metrics=metric_names,
         eval_results=[
             EvalResult(
-                task_type=PIPELINE_TAGS.get(spec.type, "text-classification"),
+                task_type=_pipeline_tag(task),
                 dataset_type=dataset or "local",
                 dataset_name=" ".join(filter(None, [dataset or "local files", recipe.data.subset])),
                 dataset_config=recipe.data.subset,
@@ -139,6 +139,13 @@ recipe below.{merged}
 {dump_recipe(recipe).strip()}
 ```
 """
+
+
+def _pipeline_tag(task: Task) -> str:
+    """The Hub's name for what the model does: text generation for a seq2seq decoder."""
+    if task.spec.generates:
+        return "text-generation" if task.family == "decoder" else "text2text-generation"
+    return PIPELINE_TAGS.get(task.spec.head, PIPELINE_TAGS.get(task.spec.type, "text-classification"))
 
 
 def _model_link(name: str) -> str:

@@ -42,6 +42,8 @@ SUPPORTED_FAMILIES = {
     "entailment": {"encoder", "decoder", "encoder-decoder"},
     "similarity": {"encoder", "decoder", "encoder-decoder"},
     "multiple_choice": {"encoder", "decoder", "encoder-decoder"},
+    "seq2seq": {"decoder", "encoder-decoder"},
+    "instruction": {"decoder", "encoder-decoder"},
 }
 
 

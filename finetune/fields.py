@@ -22,13 +22,13 @@ def get_field(row: dict[str, Any], path: str) -> Any:
     return value
 
 
-def template_fields(template: str) -> list[str]:
+def template_fields(template: str, key: str = "task.context_template") -> list[str]:
     """The row fields a template reads, as dotted paths: '{question[stem]}' reads question.stem."""
     paths = []
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise FinetuneError(f"task.context_template: {exc} in {template!r}") from None
+        raise FinetuneError(f"{key}: {exc} in {template!r}") from None
     for _, name, _, _ in parsed:
         if name:
             head, *keys = name.replace("]", "").split("[")
@@ -36,9 +36,19 @@ def template_fields(template: str) -> list[str]:
     return paths
 
 
-def task_fields(spec: TaskSpec) -> dict[str, str]:
-    """Recipe key -> the field path it reads, for every field this task needs in every row."""
-    fields = {"task.text_a": spec.text_a, "task.text_b": spec.text_b, "task.label": spec.label}
+def task_fields(spec: TaskSpec, role: str = "train") -> dict[str, str]:
+    """Recipe key -> the field path it reads, for every field this task needs in every row of a split in `role`:
+    "train" and "eval" rows carry labels ("eval" rows of seq2seq its references), "input" rows only the inputs."""
+    fields = {"task.text_a": spec.text_a, "task.text_b": spec.text_b}
+    if role != "input":
+        fields["task.label"] = spec.label
+    if spec.generates:
+        for path in template_fields(spec.prompt_template or "", "task.prompt_template"):
+            fields[f"task.prompt_template ({{{path}}})"] = path
+        if role == "eval":
+            del fields["task.label"]
+            refs = spec.reference_fields
+            fields.update({f"task.references[{i}]" if spec.references else "task.label": p for i, p in enumerate(refs)})
     if spec.type == "multiple_choice":
         fields["task.context"] = spec.context
         for path in template_fields(spec.context_template or ""):
@@ -48,14 +58,39 @@ def task_fields(spec: TaskSpec) -> dict[str, str]:
     return {key: path for key, path in fields.items() if path}
 
 
+def fill_template(template: str, row: dict[str, Any], key: str) -> str:
+    """The template with the row's fields filled in; `key` names the recipe field in the error."""
+    try:
+        return template.format_map(row)
+    except (KeyError, IndexError, TypeError) as exc:
+        raise FinetuneError(f"{key}: the row has no field {exc}") from None
+
+
 def context_of(row: dict[str, Any], spec: TaskSpec) -> str:
     """The multiple-choice context: the context column, or the template filled from the row."""
     if spec.context is not None:
         return str(get_field(row, spec.context))
-    try:
-        return spec.context_template.format_map(row)
-    except (KeyError, IndexError, TypeError) as exc:
-        raise FinetuneError(f"task.context_template: the row has no field {exc}") from None
+    return fill_template(spec.context_template, row, "task.context_template")
+
+
+def source_of(row: dict[str, Any], spec: TaskSpec) -> str:
+    """A seq2seq source: the prefix (T5's task prefix), then the source column or the filled template."""
+    text = (
+        str(get_field(row, spec.text_a))
+        if spec.text_a
+        else fill_template(spec.prompt_template, row, "task.prompt_template")
+    )
+    return f"{spec.prefix.strip()} {text}" if spec.prefix else text
+
+
+def texts_of(value: Any) -> list[str]:
+    """A target or reference field's texts: one string, or each of a list of them."""
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def references_of(row: dict[str, Any], spec: TaskSpec) -> list[str]:
+    """A seq2seq evaluation row's reference outputs, from every reference column (a column may hold a list)."""
+    return [text for path in spec.reference_fields for text in texts_of(get_field(row, path))]
 
 
 def candidates_of(row: dict[str, Any], spec: TaskSpec) -> tuple[list[str], list[str] | None]:

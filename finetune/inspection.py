@@ -23,6 +23,8 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
       attention 1     1     1
     """
     width = shutil.get_terminal_size((120, 20)).columns
+    if task.spec.generates:
+        return _render_seq2seq(index, features, tokenizer, task, width)
     ids = features["input_ids"]
     grouped = bool(ids) and isinstance(ids[0], list)
     sequences = range(len(ids)) if grouped else [None]
@@ -44,6 +46,39 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
         targets = [tokenizer.decode(ids, skip_special_tokens=True) for ids in features["target_ids"]]
         lines.append("  targets  " + " | ".join(f"{t}*" if i == right else t for i, t in enumerate(targets)))
     return "\n".join(lines)
+
+
+def _render_seq2seq(
+    index: int, features: dict[str, Any], tokenizer: PreTrainedTokenizerBase, task: Task, width: int
+) -> str:
+    """A seq2seq or instruction example: the prompt generation starts from and the learned text, then the tokens
+    with a `loss` row (1: the loss reads this position's label, 0: masked to -100); an encoder-decoder's target
+    tokens follow in their own block.
+
+    >>> print(render_example(0, example, tok, decoder_task))  # doctest: +SKIP
+    example 0: 10 tokens (6 masked, 4 learned)
+      prompt  fix: he go home fixed:
+      target  he goes home
+      token   fix : he go home fixed : he goes home [SEP]
+      loss    0   0 0  0  0    0     0 1  1    1    1
+    """
+    ids, labels, prompt = features["input_ids"], features["labels"], features["prompt_length"]
+    decoder = task.family == "decoder"
+    target = [t for t in labels if t != -100]
+    head = f"example {index}: {len(ids)} tokens" + (
+        f" ({len(ids) - len(target)} masked, {len(target)} learned)" if decoder else f", target {len(target)} tokens"
+    )
+    lines = [
+        head,
+        f"  prompt  {tokenizer.decode(ids[:prompt], skip_special_tokens=True)}",
+        f"  target  {tokenizer.decode(target, skip_special_tokens=True)}",
+    ]
+    if decoder:
+        rows = {"token": tokenizer.convert_ids_to_tokens(ids), "loss": [int(t != -100) for t in labels]}
+        return "\n".join(lines + _columns(rows, width=width))
+    lines += _columns({"token": tokenizer.convert_ids_to_tokens(ids)}, width=width)
+    lines.append("  decoder target (loss on every token):")
+    return "\n".join(lines + _columns({"token": tokenizer.convert_ids_to_tokens(target)}, width=width))
 
 
 def _group_name(task: Task) -> str:

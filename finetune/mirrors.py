@@ -92,11 +92,27 @@ def _packaged_model(name: str) -> Path | None:
     return path if path.is_file() or (path / "config.json").is_file() else None
 
 
+# A split given as {column: file, or [files]}: line-aligned plain text (optionally .gz), as parallel corpora ship;
+# a list of files makes a column holding a list (several references per line).
+LineFiles = dict[str, Path | list[Path]]
+
+
+def as_paths(value: str | Path | dict[str, Any], root: Path | None = None) -> Path | LineFiles:
+    """A split's file, or its {column: file or [files]} of line-aligned text, as paths (under `root` if given)."""
+
+    def path(name: str | Path) -> Path:
+        return (root / name) if root is not None else Path(name).expanduser()
+
+    if isinstance(value, dict):
+        return {c: [path(v) for v in f] if isinstance(f, list) else path(f) for c, f in value.items()}
+    return path(value)
+
+
 @dataclass(frozen=True)
 class MirroredDataset:
     """A Hub dataset's local copy: files by split, how to read them, and column renames."""
 
-    files: dict[str, Path]
+    files: dict[str, Any]  # Path, or {column: Path or [Path]} for line-aligned text
     reader: dict[str, Any] = field(default_factory=dict)
     rename: dict[str, str] = field(default_factory=dict)
     flatten: bool = False
@@ -116,7 +132,7 @@ def resolve_dataset(source: str, subset: str | None) -> MirroredDataset | None:
     config = entry.get(subset or "default")
     if config is None:
         return None
-    files = {split: Path(root) / rel for split, rel in config["files"].items()}
+    files = {split: as_paths(rel, Path(root)) for split, rel in config["files"].items()}
     return MirroredDataset(
         files, dict(config.get("reader", {})), dict(config.get("rename", {})), bool(config.get("flatten", False))
     )

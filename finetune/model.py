@@ -73,6 +73,7 @@ def build_model(
             quantized=recipe.quantize is not None,
             gradient_checkpointing=recipe.train.gradient_checkpointing,
             trainable_tokens=list(task.gpt1_ids.values()) if task.gpt1_ids is not None else None,
+            task_type=task.peft_task_type,
         )
         model.peft_config["default"].base_model_name_or_path = recipe.model.name  # the id users load it from
     if task.gpt1_ids is not None:
@@ -87,12 +88,7 @@ def load_backbone(
 ) -> PreTrainedModel:
     """The transformers model for the task: pretrained (or fresh) weights, 4/8-bit when asked, GPT-1's tokens."""
     spec = recipe.model
-    head = {"num_labels": task.num_labels}
-    if task.problem_type:
-        head["problem_type"] = task.problem_type
-    if task.labels:
-        head["id2label"] = dict(enumerate(task.labels))
-        head["label2id"] = {name: i for i, name in enumerate(task.labels)}
+    head = task.config_overrides
     quantization = None
     if recipe.quantize is not None:
         quantization = quantization_config(recipe.quantize, recipe.train.precision, keep=list(HEAD_NAMES))
@@ -116,8 +112,10 @@ def load_backbone(
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)
-    if task.gpt1_ids is not None:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)  # the added [start] [delim] [extract]
+    grown = tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings
+    if task.gpt1_ids is not None or grown:  # the added [start] [delim] [extract], or a pad token
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if task.family == "decoder" and tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     bits = f", {recipe.quantize.bits}-bit" if recipe.quantize else ""
     log.info(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,11 @@ from finetune import data
 from finetune.adapters import check_quantization_device, is_adapter_dir
 from finetune.engine import Engine, make_accelerator
 from finetune.errors import FinetuneError
-from finetune.evaluation import evaluate_model, predict_logits
+from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
 from finetune.families import detect_family, read_config, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
-from finetune.heads import ExtractTokenModel, add_gpt1_tokens
+from finetune.lengths import plot_lengths, take_length_report, without_histograms
 from finetune.mirrors import resolve_model
 from finetune.model import build_model, load_adapter, load_finetuned, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
@@ -36,10 +38,14 @@ from finetune.rundir import (
     write_recipe,
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
-from finetune.tasks import Task, build_task
+from finetune.tasks import Task, prepare_task
 from finetune.validate import Report, check, head_problems
 
 log = logging.getLogger(__name__)
+
+LENGTHS_FILE = "lengths.json"
+MIXTURE_FILE = "mixture.json"
+PREDICTIONS_DIR = "predictions"
 
 
 @dataclass
@@ -62,7 +68,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
         recipe, family = settle_architecture(recipe, report)
-        task, tokenized = prepare_data(recipe, tokenizer, family)
+        task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
         recipe = _with_task(recipe, labels=task.labels)
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
@@ -73,6 +79,11 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         if resume:
             warn_if_changed(run_dir, recipe)
         write_recipe(run_dir, recipe)
+        if data_report["lengths"]:
+            write_json(run_dir / LENGTHS_FILE, without_histograms(data_report["lengths"]))
+            plot_lengths(data_report["lengths"], run_dir)
+        if data_report["mixture"]:
+            write_json(run_dir / MIXTURE_FILE, data_report["mixture"])
     engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
     engine.setup(
         model,
@@ -81,7 +92,14 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         task.forward,
         tokenized["train"],
         tokenized["eval"],
-        lambda m, loader: evaluate_model(m, loader, task, accelerator),
+        evaluator(
+            recipe,
+            task,
+            tokenizer,
+            accelerator,
+            tokenized["eval"],
+            lambda step: run_dir / PREDICTIONS_DIR / f"step-{step}.jsonl",
+        ),
         resume_from=latest_checkpoint(run_dir) if resume else None,
     )
     state = engine.train()
@@ -98,6 +116,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     if accelerator.is_main_process:
         metrics.update(saved_size(run_dir))
         write_json(run_dir / METRICS_FILE, metrics)
+        final = run_dir / PREDICTIONS_DIR / f"step-{state.best_step or state.global_step}"
+        for suffix in (".jsonl", ".tasks.json", ".tasks.md"):  # what the weights the run ends with generated
+            if final.with_name(final.name + suffix).is_file():
+                shutil.copy2(final.with_name(final.name + suffix), run_dir / f"predictions{suffix}")
         plot_training(run_dir)
         write_model_card(run_dir, recipe, metrics, task)
         if recipe.hub is not None and recipe.hub.push:
@@ -106,12 +128,34 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     return RunResult(run_dir, metrics)
 
 
+def evaluator(
+    recipe: Recipe,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Any,
+    eval_set: Any,
+    predictions_path: Callable[[int | None], Path | None],
+) -> Callable[[Any, DataLoader, int | None], dict[str, float]]:
+    """The evaluation function for a task: metrics over the loader; seq2seq generates, and writes its predictions
+    to `predictions_path(step)`."""
+    if not task.spec.generates:
+        return lambda model, loader, step=None: evaluate_model(model, loader, task, accelerator)
+
+    def generate_and_score(model: Any, loader: DataLoader, step: int | None = None) -> dict[str, float]:
+        path = predictions_path(step)
+        return evaluate_generation(model, loader, task, accelerator, recipe.generation, tokenizer, eval_set, path)
+
+    return generate_and_score
+
+
 def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
     """The checkpoint's family, and the recipe with `task.head: auto` resolved (written into recipe.yaml)."""
     family, model_type = resolve_architecture(recipe.model, report)
     problems = head_problems(recipe, family, model_type)
     if problems:
         raise FinetuneError(*problems)
+    if recipe.task.generates:  # the model's own language-modelling head writes the text
+        return recipe, family
     head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
     if head != recipe.task.head:
         log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
@@ -122,21 +166,27 @@ def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
     return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
 
 
-def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None) -> tuple[Task, Any]:
-    """Load, check, cap and tokenize the splits; for decoders, GPT-1's tokens join the tokenizer first."""
-    raw = data.load_raw(recipe.data, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
-    data.check_columns(raw, recipe.task)
-    task = build_task(recipe.task, data.resolve_labels(recipe, raw["train"]))
+def prepare_data(
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None
+) -> tuple[Task, Any, dict[str, Any]]:
+    """Load, check, cap and tokenize the splits (for decoders, GPT-1's tokens join the tokenizer first); also
+    the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
+    raw, mixture = data.load_splits(recipe, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
+    task = prepare_task(recipe, data.resolve_labels(recipe, raw["train"]), family or "encoder", tokenizer)
     words = recipe.task.verbalizer
     if words is not None and task.labels is not None and set(words) != set(task.labels):
         raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
-    task.family = family or "encoder"
-    if family == "decoder":
-        task.gpt1_ids = add_gpt1_tokens(tokenizer)
-    raw = data.cap_splits(raw, recipe.data, recipe.train.seed)
-    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
+    tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
     data.log_samples(tokenized["train"], tokenizer)
-    return task, tokenized
+    return task, tokenized, {"lengths": lengths, "mixture": mixture}
+
+
+def tokenize_splits(
+    raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> tuple[Any, dict[str, Any]]:
+    """Tokenized splits without skipped rows, and their length report (seq2seq; empty for other tasks)."""
+    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
+    return take_length_report(tokenized, task, recipe.data.max_length)
 
 
 @dataclass
@@ -162,16 +212,13 @@ def load_run(folder: Path, dequantize: bool = False, prepare: bool = True) -> Lo
     if is_adapter_dir(folder):
         task, tokenizer, model = _load_adapter_run(recipe, folder, dequantize)
     else:
-        probe = build_task(recipe.task, None)
-        probe.family = detect_family(read_config(folder)) if recipe.model.family == "auto" else recipe.model.family
-        model, tokenizer = load_finetuned(str(folder), probe.model_class)
+        family = detect_family(read_config(folder)) if recipe.model.family == "auto" else recipe.model.family
+        model, tokenizer = load_finetuned(str(folder), prepare_task(recipe, None, family).model_class)
         labels = None
         if recipe.task.has_classes:
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        task = build_task(recipe.task, labels)
-        task.family = probe.family
-        if isinstance(model, ExtractTokenModel):
-            task.gpt1_ids = add_gpt1_tokens(tokenizer)  # already in the saved tokenizer: only looks their ids up
+        # GPT-1's tokens and the pad token are already in the saved tokenizer: this only looks their ids up
+        task = prepare_task(recipe, labels, family, tokenizer)
     if not prepare:
         return LoadedRun(recipe, task, tokenizer, model.eval(), None)
     accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
@@ -184,10 +231,7 @@ def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[T
     known = None if recipe.model.family == "auto" else recipe.model.family
     family, _ = resolve_architecture(recipe.model, Report(model=resolved, family=known))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    task = build_task(recipe.task, recipe.task.labels)
-    task.family = family
-    if family == "decoder":
-        task.gpt1_ids = add_gpt1_tokens(tokenizer)
+    task = prepare_task(recipe, recipe.task.labels, family, tokenizer)
     return task, tokenizer, load_adapter(recipe, resolved, task, tokenizer, folder, dequantize)
 
 
@@ -195,11 +239,11 @@ def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
     """`finetune eval`: score a run folder or checkpoint on its recipe's evaluation split (or `split`)."""
     run = load_run(folder)
     split = split or run.recipe.data.eval_split
-    raw = data.load_raw(run.recipe.data, {"eval": split})
-    data.check_columns(raw, run.task.spec)
-    raw = data.cap_splits(raw, run.recipe.data, run.recipe.train.seed)
-    tokenized = data.tokenize(raw, run.task, run.tokenizer, run.recipe.data.max_length)["eval"]
-    metrics = evaluate_model(run.model, run.loader(tokenized), run.task, run.accelerator)
+    raw = data.cap_splits(data.load_splits(run.recipe, {"eval": split})[0], run.recipe.data, run.recipe.train.seed)
+    tokenized = tokenize_splits(raw, run.task, run.tokenizer, run.recipe)[0]["eval"]
+    predictions = folder / f"predictions_{split}.jsonl"  # seq2seq: beside the metrics
+    score = evaluator(run.recipe, run.task, run.tokenizer, run.accelerator, tokenized, lambda step: predictions)
+    metrics = score(run.model, run.loader(tokenized))
     if run.accelerator.is_main_process:
         write_json(folder / f"eval_{split}.json", metrics)
     return metrics
@@ -210,10 +254,18 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     run = load_run(folder)
     rows = _read_inputs(input_path, run.task)
     columns = {c: [r.get(c) for r in rows] for c in rows[0]}
-    encoded = run.task.format(columns, run.tokenizer, run.recipe.data.max_length)
+    if run.task.spec.generates:
+        encoded = run.task.format_inputs(columns, run.tokenizer, run.recipe.data.max_length)
+    else:
+        encoded = run.task.format(columns, run.tokenizer, run.recipe.data.max_length)
     features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
-    logits, _ = predict_logits(run.model, run.loader(features), run.task, run.accelerator)
-    records = [{**row, **pred} for row, pred in zip(rows, run.task.describe(logits), strict=True)]
+    if run.task.spec.generates:
+        outputs, _ = generate_texts(
+            run.model, run.loader(features), run.task, run.accelerator, run.recipe.generation, run.tokenizer
+        )
+    else:
+        outputs, _ = predict_logits(run.model, run.loader(features), run.task, run.accelerator)
+    records = [{**row, **pred} for row, pred in zip(rows, run.task.describe(outputs), strict=True)]
     if output_path is not None:
         output_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records

@@ -7,6 +7,7 @@ under a second, and `finetune.data` loads the same files through `datasets` with
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
-from finetune.mirrors import resolve_dataset
+from finetune.mirrors import LineFiles, as_paths, resolve_dataset
 from finetune.recipe.schema import DataSpec, ReaderSpec
 
 FORMATS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -24,7 +25,7 @@ FORMATS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "j
 class LocalTables:
     """Local files by split, with the options that read them and the renames that apply after."""
 
-    files: dict[str, Path]
+    files: dict[str, Path | LineFiles]
     reader: ReaderSpec
     rename: dict[str, str]
     origin: str
@@ -32,9 +33,11 @@ class LocalTables:
 
     def format_of(self, split: str, declared: str = "auto") -> str:
         """The file format of one split: the declared one, else the file's extension."""
+        path = self.files[split]
+        if isinstance(path, dict):
+            return "lines"
         if declared != "auto":
             return declared
-        path = self.files[split]
         suffixes = [s for s in path.suffixes if s in FORMATS_BY_SUFFIX]
         if not suffixes:
             raise FinetuneError(
@@ -57,18 +60,28 @@ class HubDataset:
 
 def resolve_source(spec: DataSpec) -> LocalTables | HubDataset:
     """Local files named by the recipe, a mirrored copy of a Hub dataset, or the Hub dataset itself."""
-    if spec.files is not None:
-        return LocalTables({k: Path(v).expanduser() for k, v in spec.files.items()}, spec.reader, {}, "data.files")
-    mirrored = resolve_dataset(spec.source, spec.subset)
+    return locate(spec.source, spec.subset, spec.files, spec.reader)
+
+
+def locate(
+    source: str | None, subset: str | None, files: dict[str, Any] | None, reader: ReaderSpec
+) -> LocalTables | HubDataset:
+    """Where a dataset's rows are: `files` (local, by split), else the mirror's copy of `source`, else the Hub."""
+    if files is not None:
+        return LocalTables({k: as_paths(v) for k, v in files.items()}, reader, {}, "data.files")
+    mirrored = resolve_dataset(source, subset)
     if mirrored is None:
-        return HubDataset(spec.source, spec.subset)
-    reader = ReaderSpec.model_validate({**spec.reader.model_dump(exclude_defaults=True), **mirrored.reader})
-    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {spec.source}", mirrored.flatten)
+        return HubDataset(source, subset)
+    reader = ReaderSpec.model_validate({**reader.model_dump(exclude_defaults=True), **mirrored.reader})
+    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {source}", mirrored.flatten)
 
 
 def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, Any]]:
     """Yield one split's rows as dicts (renames applied), raising FinetuneError on unreadable input."""
     path = tables.files[split]
+    if fmt == "lines":
+        yield from _read_lines(split, path)
+        return
     if not path.is_file():
         raise FinetuneError(f"data.files.{split}: file not found: {path}")
     rows = _read_table(path, fmt, tables)
@@ -95,6 +108,32 @@ def flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _read_lines(split: str, columns: LineFiles) -> Iterator[dict[str, Any]]:
+    """Rows from line-aligned text files, one column (or one list item) per file; every file must have as many
+    lines as the others."""
+    texts: dict[str, list[str] | list[list[str]]] = {}
+    for column, files in columns.items():
+        read = [_lines_of(split, column, f) for f in (files if isinstance(files, list) else [files])]
+        texts[column] = [list(items) for items in zip(*read)] if isinstance(files, list) else read[0]
+    counts = {column: len(values) for column, values in texts.items()}
+    if len(set(counts.values())) > 1:
+        sizes = ", ".join(f"{column} {n}" for column, n in counts.items())
+        raise FinetuneError(f"data.files.{split}: line-aligned files differ in length ({sizes} lines)")
+    for values in zip(*texts.values()):
+        yield dict(zip(texts, values))
+
+
+def _lines_of(split: str, column: str, path: Path) -> list[str]:
+    if not path.is_file():
+        raise FinetuneError(f"data.files.{split}.{column}: file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            return [line.rstrip("\r\n").strip() for line in handle]
+    except (UnicodeDecodeError, OSError) as exc:
+        raise FinetuneError(f"data.files.{split}.{column}: {path} is not UTF-8 text ({exc})") from None
 
 
 def _read_table(path: Path, fmt: str, tables: LocalTables) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from finetune.errors import FinetuneError
 from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config, resolve_head
-from finetune.fields import answer_index, candidates_of, get_field, task_fields
+from finetune.fields import answer_index, candidates_of, get_field, references_of, source_of, task_fields, texts_of
+from finetune.instructions import load_mixture
 from finetune.labels import infer_labels, label_id, regression_target
 from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
 from finetune.recipe.schema import Recipe
@@ -96,6 +97,16 @@ def _check_model(recipe: Recipe, report: Report) -> None:
         report.problems.append(
             f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
         )
+    data = recipe.data
+    if data.packing and report.family == "encoder-decoder":
+        report.problems.append(
+            f"data.packing: packs a decoder's sequences; {spec.name} is an encoder-decoder, whose batches are padded"
+        )
+    if recipe.task.type == "seq2seq" and report.family == "decoder" and data.max_target_length >= data.max_length:
+        report.problems.append(
+            f"data.max_target_length: a decoder reads prompt and target as one sequence of data.max_length "
+            f"({data.max_length}) tokens; make the target limit ({data.max_target_length}) smaller"
+        )
     _check_head(recipe, report)
     supported = SUPPORTED_FAMILIES[recipe.task.type]
     if report.family is not None and report.family not in supported:
@@ -142,6 +153,8 @@ def _check_head(recipe: Recipe, report: Report) -> None:
 def head_problems(recipe: Recipe, family: str, model_type: str | None) -> list[str]:
     """text_to_text needs an encoder-decoder; a task prefix needs text_to_text."""
     task = recipe.task
+    if task.generates:
+        return []
     if task.head == "text_to_text" and family != "encoder-decoder":
         return [
             f"task.head: text_to_text needs an encoder-decoder checkpoint (T5, BART); {recipe.model.name} is {family}"
@@ -166,6 +179,9 @@ def _hub_cached_config(repo_id: str, revision: str | None) -> str | None:
 
 
 def _check_data(recipe: Recipe, report: Report) -> None:
+    if recipe.task.type == "instruction":
+        _check_mixture(recipe, report)
+        return
     source = resolve_source(recipe.data)
     if isinstance(source, HubDataset):
         report.notes.append(
@@ -183,7 +199,7 @@ def _check_data(recipe: Recipe, report: Report) -> None:
     for key, split in splits.items():
         if not rows[split]:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
-        _check_columns(recipe, split, rows[split][0], source)
+        _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if recipe.task.has_classes:
         report.labels = list(
             recipe.task.labels or infer_labels(_value(r, recipe.task.label) for r in rows[recipe.data.train_split])
@@ -192,13 +208,43 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             raise FinetuneError(
                 f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more"
             )
-    for split in splits.values():
-        _check_labels(recipe, split, rows[split], report)
+    for key, split in splits.items():
+        if recipe.task.generates:
+            _check_texts(recipe, split, key.removesuffix("_split"), rows[split], report)
+        else:
+            _check_labels(recipe, split, rows[split], report)
 
 
-def _check_columns(recipe: Recipe, split: str, first_row: dict, source: LocalTables) -> None:
+def _check_mixture(recipe: Recipe, report: Report) -> None:
+    """Every source reads in its format; say what each gives and skips."""
+    _, mixture = load_mixture(recipe)
+    for role, sources in mixture.items():
+        for name, found in sources.items():
+            skipped = ", ".join(f"{n} {why}" for why, n in found["skipped"].items())
+            report.notes.append(
+                f"data.{'mixture' if role == 'train' else 'eval_mixture'} ({name}): {found['examples_used']} of "
+                f"{found['examples_available']} examples" + (f"; skipped {skipped}" if skipped else "")
+            )
+
+
+def _check_texts(recipe: Recipe, split: str, role: str, rows: list[dict], report: Report) -> None:
+    """seq2seq: rows with an empty source or target (references, in the eval split) are skipped; say how many."""
+    task = recipe.task
+    empty = 0
+    for row in rows:
+        targets = references_of(row, task) if role == "eval" else texts_of(_value(row, task.label))
+        if not source_of(row, task).strip() or not any(t.strip() for t in targets):
+            empty += 1
+    what = "an empty source or no reference" if role == "eval" else "an empty source or target"
+    if empty == len(rows):
+        report.problems.append(f"task.label: every row of split {split!r} has {what}; nothing to learn or judge")
+    elif empty:
+        report.notes.append(f"task.label: {empty} of {len(rows)} rows of split {split!r} have {what}; skipped")
+
+
+def _check_columns(recipe: Recipe, split: str, role: str, first_row: dict, source: LocalTables) -> None:
     missing = []
-    for key, path in task_fields(recipe.task).items():
+    for key, path in task_fields(recipe.task, role).items():
         try:
             get_field(first_row, path)
         except KeyError:

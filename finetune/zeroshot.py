@@ -15,36 +15,39 @@ each target's log-probabilities given the source (the task prefix and fields, se
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.engine import make_accelerator
 from finetune.errors import FinetuneError
-from finetune.evaluation import evaluate_model
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
 from finetune.metrics import compute_metrics
 from finetune.model import load_tokenizer
-from finetune.pipeline import settle_architecture
+from finetune.pipeline import evaluator, settle_architecture, tokenize_splits
 from finetune.recipe import Recipe
-from finetune.tasks import build_task
+from finetune.tasks import prepare_task
 from finetune.validate import Report, check
 
 
-def zero_shot(recipe: Recipe, split: str | None = None, batch_size: int = 16) -> dict[str, float]:
-    """Score the recipe's base checkpoint on its evaluation split (or `split`) without training."""
+def zero_shot(
+    recipe: Recipe, split: str | None = None, batch_size: int = 16, predictions_path: Path | None = None
+) -> dict[str, float]:
+    """Score the recipe's base checkpoint on its evaluation split (or `split`) without training; seq2seq writes
+    what it generates to `predictions_path` (jsonl) when given."""
     report = check(recipe)
     report.raise_for_problems()
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split
-    if recipe.task.head == "text_to_text":
-        return _zero_shot_text_to_text(recipe, report, split)
+    if recipe.task.head == "text_to_text" or recipe.task.generates:
+        return _zero_shot_as_trained(recipe, report, split, family, predictions_path)
     if family != "decoder":
         raise FinetuneError(
             f"model.name: zero-shot scoring reads a language model's log-probabilities; "
@@ -71,17 +74,19 @@ def zero_shot(recipe: Recipe, split: str | None = None, batch_size: int = 16) ->
     return {**{k: round(v, 6) for k, v in metrics.items()}, "num_examples": len(questions)}
 
 
-def _zero_shot_text_to_text(recipe: Recipe, report: Report, split: str) -> dict[str, float]:
-    raw = data.cap_splits(data.load_raw(recipe.data, {"eval": split}), recipe.data, recipe.train.seed)
-    data.check_columns(raw, recipe.task)
-    task = build_task(recipe.task, data.resolve_labels(recipe, raw["eval"]))
-    task.family = "encoder-decoder"
+def _zero_shot_as_trained(
+    recipe: Recipe, report: Report, split: str, family: str, predictions_path: Path | None
+) -> dict[str, float]:
+    """The base model scored by the evaluation its fine-tuned runs get: text to text, or generation."""
+    raw = data.cap_splits(data.load_splits(recipe, {"eval": split})[0], recipe.data, recipe.train.seed)
     tokenizer = load_tokenizer(recipe.model, report.model)
-    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)["eval"]
+    task = prepare_task(recipe, data.resolve_labels(recipe, raw["eval"]), family, tokenizer)
+    tokenized = tokenize_splits(raw, task, tokenizer, recipe)[0]["eval"]
     accelerator = make_accelerator(recipe.train)
-    model = accelerator.prepare(AutoModelForSeq2SeqLM.from_pretrained(local_checkpoint(report.model)))
+    model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model)))
     loader = DataLoader(tokenized, batch_size=recipe.train.eval_batch_size, collate_fn=task.collator(tokenizer, None))
-    metrics = evaluate_model(model, accelerator.prepare(loader), task, accelerator)
+    score = evaluator(recipe, task, tokenizer, accelerator, tokenized, lambda step: predictions_path)
+    metrics = score(model, accelerator.prepare(loader))
     return {**metrics, "num_examples": len(tokenized)}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import string
+from pathlib import Path
 from typing import Literal
 
 from pydantic import (
@@ -20,10 +21,29 @@ from pydantic import (
     model_validator,
 )
 
-TaskType = Literal["classification", "regression", "entailment", "similarity", "multiple_choice"]
+TaskType = Literal[
+    "classification", "regression", "entailment", "similarity", "multiple_choice", "seq2seq", "instruction"
+]
 PAIR_TYPES = ("entailment", "similarity")
+GENERATIVE_TYPES = ("seq2seq", "instruction")
+InstructionFormat = Literal["alpaca", "prompt_completion", "messages", "natural_instructions"]
 Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
-MetricName = Literal["accuracy", "f1", "matthews_correlation", "pearson", "spearman"]
+MetricName = Literal[
+    "accuracy",
+    "f1",
+    "matthews_correlation",
+    "pearson",
+    "spearman",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "bleu",
+    "chrf",
+    "exact_match",
+]
+SCORE_METRICS = ("pearson", "spearman")
+TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
 DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
 
 # Names other tools use for our options, so that a familiar spelling gets the right suggestion.
@@ -48,6 +68,8 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "entailment": ["accuracy"],
     "similarity": ["accuracy"],
     "multiple_choice": ["accuracy"],
+    "seq2seq": ["rougeL", "rouge1", "rouge2"],
+    "instruction": ["rougeL", "exact_match"],  # Super-NaturalInstructions' own metrics
 }
 
 
@@ -87,12 +109,21 @@ class TaskSpec(Section):
     type: TaskType = Field(
         description="classification (a text or pair to a class), regression (to a number), entailment (an ordered "
         "pair to a class), similarity (an unordered pair, both orderings summed), multiple_choice (the right answer "
-        "among candidates)."
+        "among candidates), seq2seq (a source text to a target text, judged on generated text)."
     )
-    text_a: str | None = Field(None, description="Column holding the text, or the first text (premise) of a pair.")
+    text_a: str | None = Field(
+        None, description="Column holding the text, the first text (premise) of a pair, or a seq2seq source."
+    )
     text_b: str | None = Field(None, description="Column holding the second text (hypothesis) of a pair.")
     label: str = Field(
-        "label", description="Column holding the label (class name or id), the target number, or the right answer."
+        "label",
+        description="Column holding the label (class name or id), the target number, the right answer, or a seq2seq "
+        "target text (a column holding a list of targets trains on each).",
+    )
+    references: list[str] | str | None = Field(
+        None,
+        description="seq2seq: the evaluation split's reference outputs, columns ([summary1, summary2]) or one column "
+        "holding a list; generated text is judged against each (the best match counts). Default: task.label.",
     )
     labels: list[str] | None = Field(
         None,
@@ -105,7 +136,9 @@ class TaskSpec(Section):
         "(GPT-1 used 0.5; 0 turns it off).",
     )
     prompt_template: str | None = Field(
-        None, description="Zero-shot classification: the prompt before the class word, e.g. '{sentence} It was'."
+        None,
+        description="Zero-shot classification: the prompt before the class word, e.g. '{sentence} It was'; seq2seq: "
+        "the source built from the row instead of task.text_a, e.g. 'Dialogue:\\n{dialogue}\\nSummary:'.",
     )
     verbalizer: dict[str, str] | None = Field(
         None,
@@ -120,7 +153,8 @@ class TaskSpec(Section):
     )
     prefix: str | None = Field(
         None,
-        description="text_to_text: T5's task prefix before the fields, e.g. rte (rte sentence1: ... sentence2: ...).",
+        description="T5's task prefix: text_to_text writes it before the fields (rte sentence1: ... sentence2: ...), "
+        "seq2seq before the source (summarize: ...).",
     )
     target: Literal["class", "score"] = Field(
         "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
@@ -145,11 +179,74 @@ class TaskSpec(Section):
     metrics: list[MetricName] | None = Field(
         None,
         description="Metrics reported at evaluation, the first one selects the best checkpoint. Default: accuracy; "
-        "pearson and spearman for regression and similarity scores.",
+        "pearson and spearman for regression and similarity scores; rougeL, rouge1, rouge2 for seq2seq; rougeL and "
+        "exact_match for instruction.",
+    )
+    templates: list[str] | None = Field(
+        None,
+        description="instruction: phrasings of the prompt, one drawn per example (seeded); alpaca rows fill "
+        "{instruction} and {input}, natural_instructions tasks {definition}, {examples} and {input}. Default: "
+        "built-in phrasings per format.",
+    )
+    shots: NonNegativeInt = Field(
+        0,
+        description="instruction: exemplars shown before each prompt (k-shot): a natural_instructions task's "
+        "positive examples, or other rows of the same source.",
+    )
+    chat_template: bool | None = Field(
+        None,
+        description="instruction on decoders: render conversations with the tokenizer's own chat template; default "
+        "(null) uses it when the tokenizer has one.",
     )
 
     @model_validator(mode="after")
+    def _instruction_fields(self) -> TaskSpec:
+        instruction_only = ("templates", "chat_template")
+        if self.type != "instruction":
+            used = [f for f in instruction_only if getattr(self, f) is not None] + (["shots"] if self.shots else [])
+            if used:
+                raise ValueError(f"task.{used[0]}: only applies to task type instruction")
+            return self
+        columns = ("text_a", "text_b", "prompt_template", "references", "prefix", "labels", "verbalizer")
+        used = [f for f in columns if getattr(self, f) is not None] + (["label"] if self.label != "label" else [])
+        if used:
+            raise ValueError(f"task.{used[0]}: instruction reads its fields from each source's format (data.mixture)")
+        for template in self.templates or []:
+            try:
+                list(string.Formatter().parse(template))
+            except ValueError as exc:
+                raise ValueError(f"task.templates: {exc} in {template!r}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _seq2seq_fields(self) -> TaskSpec:
+        if self.type not in GENERATIVE_TYPES:
+            if self.references is not None:
+                raise ValueError("task.references: only applies to task type seq2seq")
+            return self
+        if self.type == "instruction":
+            return self
+        if (self.text_a is None) == (self.prompt_template is None):
+            raise ValueError("task.text_a: seq2seq needs exactly one of task.text_a or task.prompt_template (source)")
+        not_read = {
+            "text_b": "combine columns with task.prompt_template",
+            "labels": "a text target has no class list",
+            "verbalizer": "a text target has no class words",
+            "aux_lm_weight": "the loss already is the language-modelling loss on the target",
+        }
+        for key, why in not_read.items():
+            if getattr(self, key):
+                raise ValueError(f"task.{key}: not read by seq2seq ({why})")
+        if self.head != "auto":
+            raise ValueError("task.head: seq2seq generates with the model's own language-modelling head; remove it")
+        if self.target != "class":
+            raise ValueError("task.target: only similarity chooses its target")
+        return self
+
+    @model_validator(mode="after")
     def _columns_for_the_type(self) -> TaskSpec:
+        if self.type in GENERATIVE_TYPES:
+            return self
         if self.type != "multiple_choice" and self.text_a is None:
             raise ValueError(f"task.text_a: task type {self.type} needs the text column")
         if self.type in PAIR_TYPES and self.text_b is None:
@@ -180,9 +277,14 @@ class TaskSpec(Section):
 
     @model_validator(mode="after")
     def _metrics_fit_the_output(self) -> TaskSpec:
-        score_metrics = {"pearson", "spearman"}
         for name in self.metrics or []:
-            if (name in score_metrics) != self.predicts_score:
+            if (name in TEXT_METRICS) != self.generates:
+                if self.generates:
+                    raise ValueError(
+                        f"task.metrics: {name} does not judge generated text; use {', '.join(TEXT_METRICS)}"
+                    )
+                raise ValueError(f"task.metrics: {name} judges generated text; task type {self.type} does not generate")
+            if (name in SCORE_METRICS) != self.predicts_score:
                 kind = "a score" if self.predicts_score else "classes or candidates"
                 raise ValueError(
                     f"task.metrics: {name} does not judge {kind}; use "
@@ -210,12 +312,12 @@ class TaskSpec(Section):
         return self
 
     @model_validator(mode="after")
-    def _template_parses(self) -> TaskSpec:
-        if self.context_template is not None:
+    def _templates_parse(self) -> TaskSpec:
+        for key in ("context_template", "prompt_template"):
             try:
-                list(string.Formatter().parse(self.context_template))
+                list(string.Formatter().parse(getattr(self, key) or ""))
             except ValueError as exc:
-                raise ValueError(f"task.context_template: {exc}") from None
+                raise ValueError(f"task.{key}: {exc}") from None
         return self
 
     @model_validator(mode="after")
@@ -241,7 +343,18 @@ class TaskSpec(Section):
 
     @property
     def has_classes(self) -> bool:
-        return not self.predicts_score and self.type != "multiple_choice"
+        return not self.predicts_score and self.type != "multiple_choice" and not self.generates
+
+    @property
+    def generates(self) -> bool:
+        """The model writes text (seq2seq), judged by text metrics on what it generates."""
+        return self.type in GENERATIVE_TYPES
+
+    @property
+    def reference_fields(self) -> list[str]:
+        """seq2seq: the evaluation split's reference columns (one may hold a list)."""
+        refs = self.references or self.label
+        return [refs] if isinstance(refs, str) else list(refs)
 
     @property
     def metric_names(self) -> list[str]:
@@ -281,6 +394,49 @@ class ReaderSpec(Section):
         return self
 
 
+class SourceSpec(Section):
+    """One source of an instruction mixture: where its rows are, their format, and its share of the mixture."""
+
+    name: str | None = Field(None, description="Name in reports; default the source id or the train file's name.")
+    source: str | None = Field(None, description="Hub dataset id; resolved through FINETUNE_DATA_MIRROR when set.")
+    subset: str | None = Field(None, description="Hub dataset configuration.")
+    files: dict[str, str] | None = Field(
+        None,
+        description="Local files by split; natural_instructions: {tasks: a glob of task files, test_tasks: the "
+        "file listing the held-out tasks}.",
+    )
+    split: str = Field("train", description="The split read; natural_instructions: train or test (its task list).")
+    format: InstructionFormat = Field(
+        description="alpaca (instruction, input, output), prompt_completion (prompt, completion), messages "
+        "(OpenAI messages or ShareGPT conversations; the loss on every assistant turn), natural_instructions "
+        "(Super-NaturalInstructions task files: Definition, Positive Examples, Instances)."
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="The format's fields under other names, e.g. {completion: answer} for Dolly."
+    )
+    max_examples: PositiveInt | None = Field(
+        None,
+        description="Cap on the examples taken (a seeded draw); natural_instructions: per task (Flan's "
+        "examples-proportional mixing with a cap).",
+    )
+    weight: PositiveFloat = Field(1.0, description="Share multiplier after the cap: 2 repeats the examples twice.")
+    tasks: list[str] | None = Field(None, description="natural_instructions: only these task names.")
+    held_out: NonNegativeInt = Field(
+        0,
+        description="Rows kept out of training (a seeded draw) to evaluate on, when data.eval_mixture is absent.",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSpec:
+        if (self.source is None) == (self.files is None):
+            raise ValueError("data.mixture: each source needs exactly one of source (Hub id) or files")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.source or Path(next(iter(self.files.values()))).stem
+
+
 class DataSpec(Section):
     """Where the examples come from and how they are cut."""
 
@@ -288,8 +444,11 @@ class DataSpec(Section):
         None, description="Hub dataset id, e.g. nyu-mll/glue; resolved through FINETUNE_DATA_MIRROR when set."
     )
     subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
-    files: dict[str, str] | None = Field(
-        None, description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}."
+    files: dict[str, str | dict[str, str | list[str]]] | None = Field(
+        None,
+        description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}; a split of "
+        "line-aligned text files names one per column, {de: val.de.gz, en: val.en.gz} (a list of files makes a "
+        "column of lists, e.g. several references).",
     )
     format: DataFormat = Field("auto", description="File format; auto reads it from the file extension.")
     reader: ReaderSpec = Field(default_factory=ReaderSpec, description="Options for csv and tsv files.")
@@ -299,10 +458,34 @@ class DataSpec(Section):
         None, description="Keep this many training examples (after a seeded shuffle), for quick runs."
     )
     max_eval_samples: PositiveInt | None = Field(None, description="Keep the first N evaluation examples.")
-    max_length: PositiveInt = Field(128, description="Truncate tokenized inputs to this many tokens.")
+    max_length: PositiveInt = Field(
+        128, description="Truncate tokenized inputs to this many tokens (a decoder's prompt and target together)."
+    )
+    max_target_length: PositiveInt = Field(
+        128, description="seq2seq: truncate targets to this many tokens (the end of a long target is cut)."
+    )
+    mixture: list[SourceSpec] | None = Field(
+        None, description="instruction: the training sources, each with its format and share of the mixture."
+    )
+    eval_mixture: list[SourceSpec] | None = Field(
+        None,
+        description="instruction: the evaluation sources (held-out tasks, judged zero-shot per task); default "
+        "data.eval_split of each training source.",
+    )
+    packing: bool = Field(
+        False,
+        description="Decoders: each batch's examples packed into one sequence without padding, positions restarting "
+        "per example so that none attends to another (transformers' padding-free collation).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
+        if self.mixture is not None:
+            if self.source is not None or self.files is not None:
+                raise ValueError("data.mixture: names the sources itself; remove data.source and data.files")
+            return self
+        if self.eval_mixture is not None:
+            raise ValueError("data.eval_mixture: evaluates an instruction mixture; add data.mixture")
         if (self.source is None) == (self.files is None):
             raise ValueError("data: give exactly one of data.source (Hub id) or data.files (local files)")
         if self.files is not None and self.subset is not None:
@@ -369,6 +552,23 @@ class TrainSpec(Section):
     def _early_stopping_needs_evals(self) -> TrainSpec:
         if self.early_stopping is not None and not self.select_best:
             raise ValueError("train.early_stopping: needs train.select_best: true to return the best weights")
+        return self
+
+
+class GenerationSpec(Section):
+    """How seq2seq models write their outputs at evaluation and prediction (transformers' `generate`)."""
+
+    max_new_tokens: PositiveInt = Field(128, description="Most tokens generated per example.")
+    num_beams: PositiveInt = Field(1, description="Beam search width; 1 is greedy decoding.")
+    length_penalty: float = Field(
+        1.0, description="Beam search: exponent on the length in the score; above 1 favours longer outputs."
+    )
+    no_repeat_ngram_size: NonNegativeInt = Field(0, description="Never repeat an n-gram of this size; 0 is off.")
+
+    @model_validator(mode="after")
+    def _penalty_needs_beams(self) -> GenerationSpec:
+        if self.length_penalty != 1.0 and self.num_beams == 1:
+            raise ValueError("generation.length_penalty: only beam search reads it; set generation.num_beams above 1")
         return self
 
 
@@ -443,6 +643,9 @@ class Recipe(Section):
     )
     quantize: QuantizeSpec | None = Field(None, description="Load the frozen base in 4 or 8 bits; needs peft.")
     hub: HubSpec | None = Field(None, description="The Hub repository to push to.")
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="seq2seq: decoding at evaluation and prediction."
+    )
     output_dir: str | None = Field(None, description="Run folder; default runs/<name>/<timestamp>.")
 
     @model_validator(mode="before")
@@ -471,6 +674,26 @@ class Recipe(Section):
             )
         if self.hub is not None and self.hub.merged and self.peft is None:
             raise ValueError("hub.merged: only adapter runs are merged; a full fine-tune is pushed as it is")
+        return self
+
+    @model_validator(mode="after")
+    def _generation_settings_need_generation(self) -> Recipe:
+        # compared with the defaults, since a run's recipe.yaml spells every setting out
+        if not self.task.generates:
+            if self.generation != GenerationSpec():
+                raise ValueError(f"generation: task type {self.task.type} does not generate text; remove the section")
+            if self.data.max_target_length != DataSpec.model_fields["max_target_length"].default:
+                raise ValueError(f"data.max_target_length: task type {self.task.type} has no target text")
+        return self
+
+    @model_validator(mode="after")
+    def _instruction_reads_a_mixture(self) -> Recipe:
+        if (self.task.type == "instruction") != (self.data.mixture is not None):
+            if self.data.mixture is not None:
+                raise ValueError(f"data.mixture: only task type instruction reads a mixture, not {self.task.type}")
+            raise ValueError("data.mixture: task type instruction reads its sources from data.mixture")
+        if self.data.packing and not self.task.generates:
+            raise ValueError("data.packing: packs seq2seq and instruction examples for decoders")
         return self
 
     @model_validator(mode="after")

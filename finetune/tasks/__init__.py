@@ -1,10 +1,14 @@
 """Task types, one module each: how examples are formatted, labelled, run, scored and decoded."""
 
-from finetune.recipe.schema import TaskSpec
+from transformers import PreTrainedTokenizerBase
+
+from finetune.recipe.schema import Recipe, TaskSpec
 from finetune.tasks.base import Task
 from finetune.tasks.classification import Classification
+from finetune.tasks.instruction import Instruction
 from finetune.tasks.multiple_choice import MultipleChoice
 from finetune.tasks.regression import Regression
+from finetune.tasks.seq2seq import Seq2Seq
 from finetune.tasks.similarity import Similarity
 from finetune.tasks.text_to_text import TextToText
 
@@ -14,6 +18,8 @@ TASKS: dict[str, type[Task]] = {
     "regression": Regression,
     "similarity": Similarity,
     "multiple_choice": MultipleChoice,
+    "seq2seq": Seq2Seq,
+    "instruction": Instruction,
 }
 
 
@@ -25,4 +31,18 @@ def build_task(spec: TaskSpec, labels: list[str] | None) -> Task:
     return TASKS[spec.type](spec, labels)
 
 
-__all__ = ["TASKS", "Task", "TextToText", "build_task"]
+def prepare_task(
+    recipe: Recipe, labels: list[str] | None, family: str, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Task:
+    """The recipe's task for a checkpoint of `family`, with the tokenizer made ready for it (GPT-1's tokens for a
+    decoder's task head, a pad token for generation)."""
+    task = build_task(recipe.task, labels)
+    task.family = family
+    task.max_target_length = recipe.data.max_target_length
+    task.packing = recipe.data.packing
+    if tokenizer is not None:
+        task.prepare_tokenizer(tokenizer)
+    return task
+
+
+__all__ = ["TASKS", "Instruction", "Seq2Seq", "Task", "TextToText", "build_task", "prepare_task"]

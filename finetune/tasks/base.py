@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from finetune.fields import get_field, task_fields
+from finetune.heads import add_gpt1_tokens
 from finetune.recipe.schema import TaskSpec
 
 
@@ -34,20 +35,39 @@ class Task:
         self.labels = labels
         self.gpt1_ids: dict[str, int] | None = None  # set for decoders: GPT-1's [start] [delim] [extract] ids
         self.family = "encoder"
+        self.max_target_length: int | None = None  # seq2seq: the target's token limit (data.max_target_length)
+        self.packing = False  # decoders' seq2seq and instruction examples packed per batch (data.packing)
+
+    @property
+    def config_overrides(self) -> dict[str, Any]:
+        """What the model config needs for this task's head: the class count and names."""
+        head: dict[str, Any] = {"num_labels": self.num_labels}
+        if self.problem_type:
+            head["problem_type"] = self.problem_type
+        if self.labels:
+            head["id2label"] = dict(enumerate(self.labels))
+            head["label2id"] = {name: i for i, name in enumerate(self.labels)}
+        return head
+
+    peft_task_type: str | None = None  # peft's name for the model's kind, for heads peft knows how to generate with
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Make the tokenizer ready for this task: a decoder's task head reads GPT-1's added tokens."""
+        if self.family == "decoder":
+            self.gpt1_ids = add_gpt1_tokens(tokenizer)
+
+    def formatter(self, role: str) -> Any:
+        """The batched function that formats a split in `role` (train or eval); most tasks format both alike."""
+        return self.format
 
     @property
     def num_labels(self) -> int:
         raise NotImplementedError
 
     @property
-    def columns(self) -> list[str]:
-        """The top-level raw columns this task reads."""
-        return list(dict.fromkeys(path.split(".")[0] for path in task_fields(self.spec).values()))
-
-    @property
     def text_fields(self) -> list[str]:
-        """The fields a prediction input must have (everything but the label)."""
-        return [c for c in self.columns if c != self.spec.label.split(".")[0]]
+        """The top-level columns a prediction input must have (everything but the label)."""
+        return list(dict.fromkeys(path.split(".")[0] for path in task_fields(self.spec, "input").values()))
 
     @property
     def metric_names(self) -> list[str]:

@@ -1,0 +1,118 @@
+"""Length statistics of formatted seq2seq examples: token counts, truncations and skips per split, and their
+histogram as a picture (long inputs and short targets are the usual shape of such data, and cut-off targets
+or a prompt limit far above every example are easier seen than read)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import DatasetDict
+
+from finetune.errors import FinetuneError
+from finetune.tasks import Task
+from finetune.tasks.seq2seq import STATS
+
+log = logging.getLogger(__name__)
+
+LENGTHS_PLOT = "lengths.png"
+
+
+def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
+    """Drop skipped examples and the statistics columns; return what they said, per split (empty for tasks that
+    write no such columns). Raises when a split has nothing left."""
+    if any("skip" not in ds.column_names for ds in tokenized.values()):
+        return tokenized, {}
+    report, kept = {}, {}
+    for key, ds in tokenized.items():
+        skips = Counter(reason for reason in ds["skip"] if reason)
+        sources, targets, prompts = ds["source_length"], ds["target_length"], ds["prompt_length"]
+        report[key] = {
+            "examples": len(ds) - sum(skips.values()),
+            "skipped": dict(skips),
+            "source_tokens": _summary(sources),
+            "target_tokens": _summary(targets),
+            "truncated_sources": sum(p < s for p, s in zip(prompts, sources)),
+            "truncated_targets": sum(ds["target_cut"]),
+            "limits": {"max_length": max_length, "max_target_length": task.max_target_length},
+            "histogram": {"source": sources, "target": targets},
+        }
+        if "origin" in ds.column_names and len(set(ds["origin"])) > 1:  # a mixture: each source's own shape
+            report[key]["per_source"] = {}
+            for name in sorted(set(ds["origin"])):
+                mine = [i for i, origin in enumerate(ds["origin"]) if origin == name]
+                report[key]["per_source"][name] = {
+                    "examples": sum(not ds["skip"][i] for i in mine),
+                    "skipped": sum(bool(ds["skip"][i]) for i in mine),
+                    "truncated_sources": sum(prompts[i] < sources[i] for i in mine),
+                    "truncated_targets": sum(ds["target_cut"][i] for i in mine),
+                    "source_tokens": _summary([sources[i] for i in mine]),
+                    "target_tokens": _summary([targets[i] for i in mine]),
+                    "histogram": {"source": [sources[i] for i in mine], "target": [targets[i] for i in mine]},
+                }
+        if report[key]["examples"] == 0:
+            reasons = ", ".join(f"{n} {why}" for why, n in skips.items())
+            raise FinetuneError(f"data.{key}_split: no examples left after skipping rows ({reasons})")
+        for why, count in skips.items():
+            log.warning("%s split: %d of %d rows skipped (%s)", key, count, len(ds), why)
+        kept[key] = (ds.filter(lambda skip: not skip, input_columns="skip") if skips else ds).remove_columns(
+            [c for c in STATS if c in ds.column_names]
+        )
+        log.info(
+            "%s split: %d examples; %d sources and %d targets truncated",
+            key,
+            report[key]["examples"],
+            report[key]["truncated_sources"],
+            report[key]["truncated_targets"],
+        )
+    return DatasetDict(kept), report
+
+
+def _summary(lengths: list[int]) -> dict[str, float]:
+    values = np.array(lengths or [0])
+    return {
+        "mean": round(float(values.mean()), 1),
+        "p50": int(np.percentile(values, 50)),
+        "p95": int(np.percentile(values, 95)),
+        "max": int(values.max()),
+    }
+
+
+def without_histograms(report: Any) -> Any:
+    """The report without the raw lengths, as written to lengths.json."""
+    if not isinstance(report, dict):
+        return report
+    return {k: without_histograms(v) for k, v in report.items() if k != "histogram"}
+
+
+def plot_lengths(report: dict[str, Any], folder: Path) -> Path | None:
+    """Histograms of source and target lengths per split, the limits drawn in; None when there is no report."""
+    if not report:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []  # (title, statistics): each split, then each source of a mixture
+    for key, split in report.items():
+        panels.append((key, split))
+        panels += [(f"{key} / {name}", part) for name, part in split.get("per_source", {}).items()]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.2 * len(panels)), squeeze=False)
+    for row, (title, part) in enumerate(panels):
+        limits = report[title.split(" / ")[0]]["limits"]
+        for col, kind in enumerate(("source", "target")):
+            limit = limits["max_length" if kind == "source" else "max_target_length"]
+            ax = axes[row][col]
+            ax.hist(part["histogram"][kind], bins=40, color="tab:blue" if kind == "source" else "tab:orange")
+            ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit}")
+            truncated = part[f"truncated_{kind}s"]
+            ax.set_title(f"{title}: {kind} tokens ({truncated} of {part['examples']} truncated)", fontsize=9)
+            ax.set_xlabel("tokens"), ax.set_ylabel("examples"), ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(folder / LENGTHS_PLOT, dpi=100)
+    plt.close(fig)
+    return folder / LENGTHS_PLOT
