@@ -8,12 +8,10 @@ Usage: python bench/adapters.py [KEY ...]   (default: every run, in order)
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from glue import hardware, run_keys
+from glue import bench_main, hardware, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "adapters"
@@ -41,15 +39,8 @@ def execute(key: str) -> dict:
     arguments = ["train", recipe, *caps, *SETTINGS[setting]]
     arguments += [f"train.lr={full_lr}"] if setting == "full" else []
     arguments += [f"output_dir={out.relative_to(REPO)}", "--overwrite"]
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "finetune"), *arguments], cwd=REPO, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{key} failed:\n{done.stderr[-3000:]}")
+    _, wall, command = run_finetune(arguments, key)
     metrics = json.loads((out / "metrics.json").read_text())
-    command = " ".join(["finetune", *(a if " " not in a else repr(a) for a in arguments)])
     return {
         "key": key,
         "model": model,
@@ -77,12 +68,5 @@ def table() -> str:
     return "\n".join([*lines, f"Hardware: {hardware_line}.", "", "Commands:", *commands]) + "\n"
 
 
-def main(keys: list[str]) -> None:
-    run_keys(keys, list(RUNS), execute, RESULTS, lambda: TABLE.write_text(table()))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--table"]:
-        TABLE.write_text(table())
-    else:
-        main(sys.argv[1:])
+    bench_main(sys.argv[1:], list(RUNS), execute, RESULTS, TABLE, table)

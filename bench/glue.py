@@ -27,18 +27,40 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def run_keys(keys: list[str], known: list[str], execute, results: Path, write_table) -> None:
-    """Run the chosen keys (all known ones by default) in the order given, storing each result as
-    `results/<key>.json` and rewriting the table after each."""
+def bench_main(argv: list[str], known: list[str], execute, results: Path, table_path: Path, table) -> None:
+    """A benchmark script's command line: `--table` rewrites the table from stored results; otherwise run the
+    given keys (all known ones by default) in that order, storing each result as `results/<key>.json` and
+    rewriting the table after each."""
+    if argv == ["--table"]:
+        table_path.write_text(table())
+        return
     results.mkdir(parents=True, exist_ok=True)
-    unknown = [key for key in keys if key not in known]
+    unknown = [key for key in argv if key not in known]
     if unknown:
         raise SystemExit(f"unknown run keys: {', '.join(unknown)}")
-    for key in keys or known:
+    for key in argv or known:
         result = execute(key)
         (results / f"{key}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result), flush=True)
-        write_table()
+        table_path.write_text(table())
+
+
+def parse_metrics_line(stdout: str) -> dict:
+    """The CLI's last line, `accuracy 0.56  accuracy_unnormalized 0.65  num_examples 100`, as numbers."""
+    parts = stdout.strip().splitlines()[-1].split()
+    return {name: float(value) for name, value in zip(parts[::2], parts[1::2])}
+
+
+def run_finetune(arguments: list[str], name: str) -> tuple[str, float, str]:
+    """Run the `finetune` CLI of this checkout: its stdout, wall seconds and the command as a line."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "finetune"), *arguments], cwd=REPO, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    command = " ".join(["finetune", *(a if " " not in a else repr(a) for a in arguments)])
+    return done.stdout, time.perf_counter() - start, command
 
 
 def run(recipe: str) -> dict:

@@ -11,13 +11,11 @@ the caps are part of the command and are printed beside each figure.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from glue import hardware, run_keys
+from glue import bench_main, hardware, parse_metrics_line, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpt1"
@@ -90,24 +88,12 @@ def execute(run: Run) -> dict:
     command = ["finetune", *run.command]
     if run.command[0] == "train":
         command += [f"output_dir={out.relative_to(REPO)}", "--overwrite"]
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "finetune"), *command[1:]], cwd=REPO, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{run.key} failed:\n{done.stderr[-3000:]}")
+    stdout, wall, line = run_finetune(command[1:], run.key)
     if run.command[0] == "train":
         metrics = json.loads((out / "metrics.json").read_text())
     else:
-        metrics = _parse_metrics_line(done.stdout.strip().splitlines()[-1])
-    return {**run.__dict__, "command": " ".join(command), "wall_s": round(wall, 1), "hardware": hardware(), **metrics}
-
-
-def _parse_metrics_line(line: str) -> dict:
-    """`accuracy 0.56  accuracy_unnormalized 0.65  num_examples 100` as a dict of numbers."""
-    parts = line.split()
-    return {name: float(value) for name, value in zip(parts[::2], parts[1::2])}
+        metrics = parse_metrics_line(stdout)
+    return {**run.__dict__, "command": line, "wall_s": round(wall, 1), "hardware": hardware(), **metrics}
 
 
 # GPT-1 (Radford et al. 2018), GLUE test sets: Table 2/3 and the ablations of Table 5.
@@ -149,8 +135,8 @@ def table() -> str:
         "",
         f"Hardware: {hardware_line}. Dev sets: MiniLM on the whole split (RTE 277, MRPC 408, STS-B 1,500, COPA 100,",
         "CommonsenseQA 1,221); SmolLM2 on the first 200 (COPA: 100). Zero-shot: length-normalised accuracy, the",
-        "unnormalised one in brackets; MRPC's F1 from the normalised scores. '-' is not measured yet; MiniLM has no",
-        "language-modelling head, so no zero-shot column; STS-B is a score, which class words do not give.",
+        "unnormalised one in brackets; MRPC's F1 from the normalised scores. MiniLM has no language-modelling",
+        "head, so no zero-shot column; '-' for STS-B zero-shot: a score, which class words do not give.",
         "Wall times are from a machine shared with development work, not speed measurements.",
     ]
     return "\n".join([*lines, *notes, "", "Commands:", *commands]) + "\n"
@@ -169,13 +155,6 @@ def _cell(result: dict | None, metric: str) -> str:
     return f"{result[metric] * 100:.1f}"
 
 
-def main(keys: list[str]) -> None:
-    by_key = {r.key: r for r in runs()}
-    run_keys(keys, list(by_key), lambda key: execute(by_key[key]), RESULTS, lambda: TABLE.write_text(table()))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--table"]:
-        TABLE.write_text(table())
-    else:
-        main(sys.argv[1:])
+    by_key = {r.key: r for r in runs()}
+    bench_main(sys.argv[1:], list(by_key), lambda key: execute(by_key[key]), RESULTS, TABLE, table)

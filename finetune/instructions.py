@@ -137,7 +137,7 @@ def read_source(
             completion = str(row["completion"]).removesuffix(END_OF_TEXT).rstrip()
             messages = [{"role": "user", "content": str(row["prompt"])}, {"role": "assistant", "content": completion}]
         else:
-            messages = _conversation(row, spec)
+            messages = ending_with_a_reply(_conversation(row, spec))
         reason = skip_reason(messages)
         if reason:
             skipped[reason] += 1
@@ -148,14 +148,18 @@ def read_source(
     return examples, skipped
 
 
+def ending_with_a_reply(messages: list[dict] | None) -> list[dict] | None:
+    """The conversation up to its last assistant turn (turns after it teach nothing)."""
+    replies = [i for i, m in enumerate(messages or []) if m["role"] == "assistant"]
+    return messages[: replies[-1] + 1] if replies else messages
+
+
 def skip_reason(messages: list[dict] | None) -> str:
-    """Why a conversation cannot teach anything ("" when it can)."""
+    """Why a conversation (ending with its last reply) cannot teach anything ("" when it can)."""
     if messages is None:
         return "unknown role"
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn"
-    if messages[-1]["role"] != "assistant":
-        messages[:] = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant") + 1]
     if not messages[-1]["content"].strip():
         return "empty response"
     if not any(m["content"].strip() for m in messages if m["role"] != "assistant"):

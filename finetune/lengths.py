@@ -27,6 +27,8 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
     if any("skip" not in ds.column_names for ds in tokenized.values()):
         return tokenized, {}
     report, kept = {}, {}
+    # an instruction decoder's responses share data.max_length with the prompt; they have no limit of their own
+    target_limit = None if task.name == "instruction" and task.family == "decoder" else task.max_target_length
     for key, ds in tokenized.items():
         skips = Counter(reason for reason in ds["skip"] if reason)
         sources, targets, prompts = ds["source_length"], ds["target_length"], ds["prompt_length"]
@@ -37,7 +39,7 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
             "target_tokens": _summary(targets),
             "truncated_sources": sum(p < s for p, s in zip(prompts, sources)),
             "truncated_targets": sum(ds["target_cut"]),
-            "limits": {"max_length": max_length, "max_target_length": task.max_target_length},
+            "limits": {"max_length": max_length, "max_target_length": target_limit},
             "histogram": {"source": sources, "target": targets},
         }
         if "origin" in ds.column_names and len(set(ds["origin"])) > 1:  # a mixture: each source's own shape
@@ -108,10 +110,12 @@ def plot_lengths(report: dict[str, Any], folder: Path) -> Path | None:
             limit = limits["max_length" if kind == "source" else "max_target_length"]
             ax = axes[row][col]
             ax.hist(part["histogram"][kind], bins=40, color="tab:blue" if kind == "source" else "tab:orange")
-            ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit}")
+            if limit is not None:
+                ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit}")
+                ax.legend(loc="upper right")
             truncated = part[f"truncated_{kind}s"]
             ax.set_title(f"{title}: {kind} tokens ({truncated} of {part['examples']} truncated)", fontsize=9)
-            ax.set_xlabel("tokens"), ax.set_ylabel("examples"), ax.legend(loc="upper right")
+            ax.set_xlabel("tokens"), ax.set_ylabel("examples")
     fig.tight_layout()
     fig.savefig(folder / LENGTHS_PLOT, dpi=100)
     plt.close(fig)

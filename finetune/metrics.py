@@ -101,7 +101,8 @@ def _exact_match(predictions: Sequence[str], references: Sequence[list[str]]) ->
 TEXT_SCORES: dict[str, Callable[[Sequence[str], Sequence[list[str]]], float]] = {
     # name: score(predictions, references per prediction)
     **{kind: _rouge(kind) for kind in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
-    "bleu": lambda p, r: sacrebleu.corpus_bleu(list(p), _reference_streams(r)).score,
+    # force: data sets such as JFLEG ship tokenized text, which sacreBLEU would otherwise warn about at every call
+    "bleu": lambda p, r: sacrebleu.corpus_bleu(list(p), _reference_streams(r), force=True).score,
     "chrf": lambda p, r: sacrebleu.corpus_chrf(list(p), _reference_streams(r)).score,
     "exact_match": _exact_match,
 }

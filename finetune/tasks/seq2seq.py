@@ -263,8 +263,10 @@ class PackingCollator:
         self.prompts = GenerationCollator(pad_token_id, decoder=True)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
         prompts = self.prompts(features)
+        if not features[0].get("labels"):  # prediction: prompts only, nothing to pack
+            return prompts
+        batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
         batch["generation_input_ids"] = prompts["generation_input_ids"]
         batch["generation_attention_mask"] = prompts["generation_attention_mask"]
         batch["examples"] = torch.tensor(len(features))
