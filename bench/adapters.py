@@ -17,7 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "adapters"
 TABLE = REPO / "bench" / "results" / "adapters.md"
 MINILM_CAPS = ["data.max_train_samples=4000", "train.eval_every=1000"]  # one epoch of 4,000 sentences, all 872 dev
-SMOLLM2_CAPS = ["data.max_train_samples=200", "data.max_eval_samples=50", "generation.max_new_tokens=64"]
+# 100 Alpaca examples (cut at 256 tokens) for one epoch, 30 held-out ones generated and judged
+SMOLLM2_CAPS = [
+    "data.max_train_samples=100",
+    "data.max_eval_samples=30",
+    "data.max_length=256",
+    "generation.max_new_tokens=48",
+]
 SETTINGS = {  # setting: overrides on the LoRA recipe
     "full": ["peft=null"],
     "lora": [],
