@@ -30,7 +30,8 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
     # an instruction decoder's responses share data.max_length with the prompt; they have no limit of their own
     target_limit = None if task.name == "instruction" and task.family == "decoder" else task.max_target_length
     for key, ds in tokenized.items():
-        skips = Counter(reason for reason in ds["skip"] if reason)
+        reasons, cuts = ds["skip"], ds["target_cut"]  # each column read once: a Dataset builds it on every access
+        skips = Counter(reason for reason in reasons if reason)
         sources, targets, prompts = ds["source_length"], ds["target_length"], ds["prompt_length"]
         report[key] = {
             "examples": len(ds) - sum(skips.values()),
@@ -38,19 +39,20 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
             "source_tokens": _summary(sources),
             "target_tokens": _summary(targets),
             "truncated_sources": sum(p < s for p, s in zip(prompts, sources)),
-            "truncated_targets": sum(ds["target_cut"]),
+            "truncated_targets": sum(cuts),
             "limits": {"max_length": max_length, "max_target_length": target_limit},
             "histogram": {"source": sources, "target": targets},
         }
-        if "origin" in ds.column_names and len(set(ds["origin"])) > 1:  # a mixture: each source's own shape
+        origins = ds["origin"] if "origin" in ds.column_names else []
+        if len(set(origins)) > 1:  # a mixture: each source's own shape
             report[key]["per_source"] = {}
-            for name in sorted(set(ds["origin"])):
-                mine = [i for i, origin in enumerate(ds["origin"]) if origin == name]
+            for name in sorted(set(origins)):
+                mine = [i for i, origin in enumerate(origins) if origin == name]
                 report[key]["per_source"][name] = {
-                    "examples": sum(not ds["skip"][i] for i in mine),
-                    "skipped": sum(bool(ds["skip"][i]) for i in mine),
+                    "examples": sum(not reasons[i] for i in mine),
+                    "skipped": sum(bool(reasons[i]) for i in mine),
                     "truncated_sources": sum(prompts[i] < sources[i] for i in mine),
-                    "truncated_targets": sum(ds["target_cut"][i] for i in mine),
+                    "truncated_targets": sum(cuts[i] for i in mine),
                     "source_tokens": _summary([sources[i] for i in mine]),
                     "target_tokens": _summary([targets[i] for i in mine]),
                     "histogram": {"source": [sources[i] for i in mine], "target": [targets[i] for i in mine]},

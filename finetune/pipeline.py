@@ -254,10 +254,7 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     run = load_run(folder)
     rows = _read_inputs(input_path, run.task)
     columns = {c: [r.get(c) for r in rows] for c in rows[0]}
-    if run.task.spec.generates:
-        encoded = run.task.format_inputs(columns, run.tokenizer, run.recipe.data.max_length)
-    else:
-        encoded = run.task.format(columns, run.tokenizer, run.recipe.data.max_length)
+    encoded = run.task.format_inputs(columns, run.tokenizer, run.recipe.data.max_length)
     features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
     if run.task.spec.generates:
         outputs, _ = generate_texts(

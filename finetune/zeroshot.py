@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from finetune import data
@@ -31,7 +30,7 @@ from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
 from finetune.metrics import compute_metrics
 from finetune.model import load_tokenizer
-from finetune.pipeline import evaluator, settle_architecture, tokenize_splits
+from finetune.pipeline import LoadedRun, evaluator, settle_architecture, tokenize_splits
 from finetune.recipe import Recipe
 from finetune.tasks import prepare_task
 from finetune.validate import Report, check
@@ -84,9 +83,9 @@ def _zero_shot_as_trained(
     tokenized = tokenize_splits(raw, task, tokenizer, recipe)[0]["eval"]
     accelerator = make_accelerator(recipe.train)
     model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model)))
-    loader = DataLoader(tokenized, batch_size=recipe.train.eval_batch_size, collate_fn=task.collator(tokenizer, None))
+    run = LoadedRun(recipe, task, tokenizer, model, accelerator)  # the base model, loaded as a run would be
     score = evaluator(recipe, task, tokenizer, accelerator, tokenized, lambda step: predictions_path)
-    metrics = score(model, accelerator.prepare(loader))
+    metrics = score(run.model, run.loader(tokenized))
     return {**metrics, "num_examples": len(tokenized)}
 
 

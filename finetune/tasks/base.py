@@ -60,6 +60,12 @@ class Task:
         """The batched function that formats a split in `role` (train or eval); most tasks format both alike."""
         return self.format
 
+    def format_inputs(
+        self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, list]:
+        """Rows to predict for (`finetune predict`); most tasks format them as training rows without labels."""
+        return self.format(batch, tokenizer, max_length)
+
     @property
     def num_labels(self) -> int:
         raise NotImplementedError
