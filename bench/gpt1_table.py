@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from glue import bench_main, hardware, parse_metrics_line, run_finetune
+from glue import SMOLLM2_NOTE, bench_main, hardware, parse_metrics_line, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpt1"
@@ -138,6 +138,7 @@ def table() -> str:
         "unnormalised one in brackets; MRPC's F1 from the normalised scores. MiniLM has no language-modelling",
         "head, so no zero-shot column; '-' for STS-B zero-shot: a score, which class words do not give.",
         "Wall times are from a machine shared with development work, not speed measurements.",
+        SMOLLM2_NOTE,
     ]
     return "\n".join([*lines, *notes, "", "Commands:", *commands]) + "\n"
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from glue import bench_main, hardware, parse_metrics_line, run_finetune
+from glue import SMOLLM2_NOTE, bench_main, hardware, parse_metrics_line, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "instruct"
@@ -96,10 +96,8 @@ def table() -> str:
     commands = [f"- `{r['key']}`: `{r['command']}` ({r['wall_s'] / 60:.1f} min)" for r in stored.values()]
     budget = sum(r["wall_s"] for r in stored.values()) / 60
     hardware_line = next(iter(stored.values()))["hardware"] if stored else ""
-    return (
-        "\n".join([*lines, "", f"Hardware: {hardware_line}; {budget:.0f} min in all.", "", "Commands:", *commands])
-        + "\n"
-    )
+    notes = [f"Hardware: {hardware_line}; {budget:.0f} min in all.", SMOLLM2_NOTE]
+    return "\n".join([*lines, "", *notes, "", "Commands:", *commands]) + "\n"
 
 
 def copy_baseline(count: int) -> dict[str, float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
+import json
 import logging
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
@@ -191,7 +193,7 @@ def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:
         len(tokenizer),
         tokenizer.padding_side,
         tokenizer.truncation_side,
-        sorted(tokenizer.get_vocab().items()),
+        hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),  # cheap to hash
     )
 
 

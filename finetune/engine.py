@@ -12,7 +12,8 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 
 from finetune.batching import EpochSampler, example_length
 from finetune.errors import FinetuneError
+from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.recipe.schema import TrainSpec
 from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, write_json
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 Evaluate = Callable[[torch.nn.Module, DataLoader, int], dict[str, float]]  # (model, loader, step) -> metrics
-Forward = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor | None, torch.Tensor]]
+Forward = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[Loss | None, torch.Tensor]]
+CountItems = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # batch -> items per loss term
 
 
 @dataclass
@@ -65,9 +68,8 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     # distributed state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a machine without an accelerator lets several launched processes form a gloo group.
-    return Accelerator(
-        mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=not torch.accelerator.is_available()
-    )
+    # Accumulation is the engine's own (a step's loss is divided by the step's items, not by grad_accum).
+    return Accelerator(mixed_precision=precision, cpu=not torch.accelerator.is_available())
 
 
 def check_precision(precision: str) -> None:
@@ -94,13 +96,14 @@ class Engine:
         tokenizer: PreTrainedTokenizerBase,
         collator: Callable,
         forward: Forward,
+        count_items: CountItems,
         train_set: Dataset,
         eval_set: Dataset,
         evaluate: Evaluate,
         resume_from: Path | None,
     ) -> None:
         set_seed(self.spec.seed)
-        self.tokenizer, self.forward, self.evaluate = tokenizer, forward, evaluate
+        self.tokenizer, self.forward, self.count_items, self.evaluate = tokenizer, forward, count_items, evaluate
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.sampler, train_loader = self._setup_train_loader(train_set, collator)
@@ -160,7 +163,7 @@ class Engine:
 
     # -- train ---------------------------------------------------------------------------------
     def train(self) -> TrainState:
-        """The loop: forward, backward, clip, step, then log, evaluate, checkpoint as the recipe says."""
+        """The loop: each step's micro-batches forward and backward, then clip, step, log, evaluate, checkpoint."""
         state, spec, acc = self.state, self.spec, self.accelerator
         bar = tqdm(
             total=self.total_steps,
@@ -179,20 +182,9 @@ class Engine:
                 if state.batches_in_epoch
                 else self.train_loader
             )
-            for batch in loader:
-                with acc.accumulate(self.model):
-                    loss, _ = self.forward(self.model, batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and spec.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad()
-                state.batches_in_epoch += 1
-                examples = int(batch["examples"]) if "examples" in batch else len(batch["input_ids"])  # packed: 1 row
-                window.add(loss.detach().float().item(), examples * acc.num_processes)
-                if not acc.sync_gradients:
-                    continue
-                self.scheduler.step()
+            for batches in _chunks(loader, spec.grad_accum):  # one optimizer step's micro-batches
+                window.add(self._step(batches), self._examples(batches))
+                state.batches_in_epoch += len(batches)
                 state.global_step += 1
                 self._after_step(window, bar)
                 if state.global_step >= self.total_steps or state.stopped_early:
@@ -206,6 +198,41 @@ class Engine:
             self._evaluate()
         return state
 
+    def _step(self, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over its micro-batches; returns this process's part of the step's loss.
+
+        Each loss term is divided by its items in the whole step (every micro-batch, every process), so the
+        gradient is that of the step's mean loss however the step is split; data parallelism averages the
+        processes' gradients, hence the factor of the process count.
+        """
+        acc = self.accelerator
+        totals = self._step_items(batches)
+        local = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(batches):
+            with acc.no_sync(self.model) if i < len(batches) - 1 else nullcontext():
+                loss, _ = self.forward(self.model, batch)
+                share = loss.share(totals)
+                acc.backward(share * acc.num_processes)
+            local += share.detach().float()
+        if self.spec.max_grad_norm > 0:
+            acc.clip_grad_norm_(self.model.parameters(), self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.scheduler.step()
+        return local
+
+    def _step_items(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Items per loss term in the whole step: this process's micro-batches, summed over the processes."""
+        counts = [self.count_items(batch) for batch in batches]
+        names = sorted(counts[0])
+        local = torch.stack([sum(c[name] for c in counts).to(self.accelerator.device) for name in names])
+        return dict(zip(names, self.accelerator.reduce(local, "sum")))
+
+    def _examples(self, batches: list[dict[str, torch.Tensor]]) -> int:
+        """Training examples in the step, every process counted (a packed batch is one row of several)."""
+        local = sum(int(b["examples"]) if "examples" in b else len(b["input_ids"]) for b in batches)
+        return local * self.accelerator.num_processes
+
     def _after_step(self, window: _Window, bar: tqdm) -> None:
         state, spec = self.state, self.spec
         state.samples_seen += window.pending_samples
@@ -214,7 +241,7 @@ class Engine:
             record = {
                 "step": state.global_step,
                 "epoch": round(state.global_step / self.steps_per_epoch, 4),
-                "loss": window.mean_loss(),
+                "loss": window.mean_loss(self.accelerator),
                 "lr": self.scheduler.get_last_lr()[0],
                 "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
             }
@@ -372,16 +399,29 @@ def _replace_dir(new: Path, target: Path) -> None:
         new.rename(target)
 
 
+def _chunks(loader: Iterable, size: int) -> Iterator[list]:
+    """The loader's batches in lists of `size` (the last one shorter when the epoch's batches run out)."""
+    chunk = []
+    for batch in loader:
+        chunk.append(batch)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class _Window:
     """Loss and throughput since the last log line."""
 
     def __init__(self) -> None:
-        self.losses: list[float] = []
+        self.loss_sum: torch.Tensor | float = 0.0  # this process's part of each step's loss, added
+        self.steps = 0
         self.pending_samples = 0
         self.clock = time.perf_counter()
 
-    def add(self, loss: float, samples: int) -> None:
-        self.losses.append(loss)
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
         self.pending_samples += samples
 
     def take_time(self) -> float:
@@ -391,8 +431,10 @@ class _Window:
     def restart_clock(self) -> None:
         self.clock = time.perf_counter()
 
-    def mean_loss(self) -> float:
-        return round(sum(self.losses) / max(len(self.losses), 1), 6)
+    def mean_loss(self, accelerator: Accelerator) -> float:
+        """The steps' mean loss, every process's part added (every process must call it at the same step)."""
+        total = accelerator.reduce(torch.as_tensor(self.loss_sum, device=accelerator.device).float(), "sum")
+        return round(total.item() / max(self.steps, 1), 6)
 
     def reset_loss(self) -> None:
-        self.losses = []
+        self.loss_sum, self.steps = 0.0, 0

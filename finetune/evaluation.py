@@ -13,10 +13,9 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from finetune.metrics import compute_metrics
+from finetune.metrics import compute_metrics, f1_setting
 from finetune.recipe.schema import GenerationSpec
 from finetune.tasks import Seq2Seq, Task
-from finetune.tasks.seq2seq import IGNORE
 
 
 @torch.no_grad()
@@ -46,7 +45,8 @@ def evaluate_model(
 ) -> dict[str, float]:
     """The task's metrics and the mean loss (`eval_loss`) over the whole split."""
     logits, labels = predict_logits(model, loader, task, accelerator)
-    metrics = compute_metrics(task.metric_names, task.metric_inputs(logits), labels)
+    f1 = f1_setting(task.spec, task.labels, candidates=logits.shape[1])
+    metrics = compute_metrics(task.metric_names, task.metric_inputs(logits), labels, f1)
     metrics["eval_loss"] = task.loss(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {name: round(value, 6) for name, value in metrics.items()}
 
@@ -65,20 +65,20 @@ def generate_texts(
     model.eval()
     generator = accelerator.unwrap_model(model)
     texts: list[str] = []
-    loss_sum = torch.zeros((), device=accelerator.device)
-    tokens = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    sums, counts = [], []  # per example: the examples a process repeats to even out the last batch are dropped
     for batch in loader:
         if "labels" in batch:
             loss, _ = task.forward(model, batch)
-            count = (batch["labels"] != IGNORE).sum()
-            loss_sum, tokens = loss_sum + loss.float() * count, tokens + count
+            per_sum, per_count = loss.per_example
+            sums.append(accelerator.gather_for_metrics(per_sum).cpu())
+            counts.append(accelerator.gather_for_metrics(per_count).cpu())
         ids = task.generate(generator, batch, spec, tokenizer)
         ids = accelerator.pad_across_processes(ids, dim=1, pad_index=tokenizer.pad_token_id)
         texts += [
             t.strip() for t in tokenizer.batch_decode(accelerator.gather_for_metrics(ids), skip_special_tokens=True)
         ]
-    total = accelerator.reduce(tokens, "sum").item()
-    return texts, (accelerator.reduce(loss_sum, "sum").item() / total if total else None)
+    total = float(torch.cat(counts).sum()) if counts else 0.0
+    return texts, (float(torch.cat(sums).sum()) / total if total else None)
 
 
 def evaluate_generation(

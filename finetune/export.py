@@ -14,11 +14,11 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
 from finetune.errors import FinetuneError, first_line
-from finetune.mirrors import looks_like_path
+from finetune.mirrors import PACKAGED, base_record, resolve_model
 from finetune.plots import PLOT_FILE
 from finetune.recipe import Recipe, dump_recipe, load_recipe
 from finetune.recipe.schema import HubSpec
-from finetune.rundir import METRICS_FILE, find_recipe, write_recipe
+from finetune.rundir import BASE_FILE, METRICS_FILE, find_recipe, write_recipe
 from finetune.tasks import Task
 
 if TYPE_CHECKING:
@@ -30,20 +30,24 @@ CARD_FILE = "README.md"
 # What a run folder uploads: the model or adapter, its head, the tokenizer, the card, recipe, metrics and curves.
 UPLOAD_IGNORE = ["checkpoints/*", "best/*", ".*", "*/.*", "eval_*.json", "log.jsonl"]
 PIPELINE_TAGS = {"multiple_choice": "multiple-choice", "text_to_text": "text2text-generation"}
+HUB_ORIGINS = ("hub", "mirror")  # the bases that are the Hub's own weights (a mirror holds them as the user vouches)
 
 
 def write_model_card(
     run_dir: Path, recipe: Recipe, metrics: dict[str, Any], task: Task, merged_from: Path | None = None
 ) -> Path:
     """README.md with the Hub's metadata header (base model, library, tags, datasets, metric values), the
-    training settings, results, size report, the exact recipe and how to load the model."""
+    training settings, results, size report, the exact recipe and how to load the model. Only a base that is the
+    Hub's own weights is named as `base_model`; `finetune_base` says what the base was, whatever it was."""
     adapter = is_adapter_dir(run_dir)
     spec = recipe.task
     metric_names = [m for m in spec.metric_names if m in metrics]
     dataset = recipe.data.source
+    base = _base_of(run_dir, recipe)
     data = ModelCardData(
         model_name=recipe.name,
-        base_model=None if looks_like_path(recipe.model.name) else recipe.model.name,  # the Hub wants an id
+        base_model=base["name"] if base["origin"] in HUB_ORIGINS else None,
+        finetune_base=base,
         library_name="peft" if adapter else "transformers",
         pipeline_tag=_pipeline_tag(task),
         tags=[
@@ -68,14 +72,24 @@ def write_model_card(
         ]
         or None,
     )
-    body = _card_body(recipe, metrics, _load_snippet(recipe, task, adapter), merged_from)
+    body = _card_body(recipe, base, metrics, _load_snippet(recipe, task, adapter), merged_from)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     path = run_dir / CARD_FILE
     card.save(path)
     return path
 
 
-def _card_body(recipe: Recipe, metrics: dict[str, Any], load_snippet: str, merged_from: Path | None) -> str:
+def _base_of(run_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    """The base recorded in the run folder at training time (resolved now for a run that predates the record)."""
+    path = run_dir / BASE_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return base_record(resolve_model(recipe.model.name), recipe.model.revision)
+
+
+def _card_body(
+    recipe: Recipe, base: dict[str, Any], metrics: dict[str, Any], load_snippet: str, merged_from: Path | None
+) -> str:
     task, train = recipe.task, recipe.train
     source = recipe.data.source or "local files"
     what = f"a LoRA adapter (r={recipe.peft.r}, alpha={recipe.peft.alpha})" if recipe.peft else "a fine-tuned model"
@@ -99,7 +113,7 @@ def _card_body(recipe: Recipe, metrics: dict[str, Any], load_snippet: str, merge
 
 {recipe.description or f"{task.type} with {recipe.model.name}."}
 
-This is {what} of {_model_link(recipe.model.name)} for **{task.type}**
+This is {what} of {_model_link(base)} for **{task.type}**
 on {source}{" (" + recipe.data.subset + ")" if recipe.data.subset else ""}, trained with finetune from the
 recipe below.{merged}
 
@@ -148,15 +162,19 @@ def _pipeline_tag(task: Task) -> str:
     return PIPELINE_TAGS.get(task.spec.head, PIPELINE_TAGS.get(task.spec.type, "text-classification"))
 
 
-def _model_link(name: str) -> str:
-    return f"`{name}`" if looks_like_path(name) else f"[`{name}`](https://huggingface.co/{name})"
+def _model_link(base: dict[str, Any]) -> str:
+    """The base by name, linked when it is the Hub's, and what it is when it is not fetched from the Hub."""
+    name = base["name"]
+    link = f"[`{name}`](https://huggingface.co/{name})" if base["origin"] in HUB_ORIGINS else f"`{name}`"
+    return link if base["origin"] == "hub" else f"{link} ({base['about']})"
 
 
 def _load_snippet(recipe: Recipe, task: Task, adapter: bool) -> str:
     repo = recipe.hub.repo if recipe.hub else "REPO"
-    if task.gpt1_ids is not None:
+    if task.gpt1_ids is not None or (adapter and recipe.model.name.startswith(PACKAGED)):
+        what = "the decoder, its GPT-1 head and tokens" if task.gpt1_ids is not None else "finetune resolves the base"
         return (
-            "from huggingface_hub import snapshot_download  # the decoder, its GPT-1 head and tokens\n"
+            f"from huggingface_hub import snapshot_download  # {what}\n"
             "from finetune.pipeline import predict\n"
             f'predict(snapshot_download("{repo}"), "rows.jsonl")  # pip install finetune'
         )

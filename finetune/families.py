@@ -30,6 +30,9 @@ DECODER_TYPES = {
     "olmo",
     "olmo2",
 }
+# Decoders that keep examples packed into one row apart: given restarting position ids and no attention mask, their
+# attention is block-diagonal (tests/test_packing.py proves it for each, and that openai-gpt, OPT and Bloom mix).
+PACKING_ISOLATED = DECODER_TYPES - {"openai-gpt", "opt", "bloom"}
 ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led", "longt5"}
 # Encoder-decoders whose papers classify with a head on the final decoder state; the rest (T5 and its kin) are
 # text to text and write the class word.

@@ -1,4 +1,4 @@
-"""Packaged GGUF checkpoints made into plain ones, once.
+"""Packaged GGUF checkpoints (`packaged:` names) made into plain ones, once: the dequantised weights, in fp32.
 
 A model loaded from GGUF stays flagged as quantized, and `save_pretrained` and training refuse it. So
 the model is rebuilt from its config without the quantization config, given the dequantised weights,
@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from finetune.mirrors import ResolvedModel, converted_dir
@@ -21,13 +22,13 @@ log = logging.getLogger(__name__)
 def convert_gguf(gguf_file: Path, target: Path) -> Path:
     """Write a plain checkpoint (config, safetensors, tokenizer) equal to the GGUF file's dequantised model."""
     folder, name = gguf_file.parent, gguf_file.name
-    log.info("converting %s into a plain checkpoint at %s (once)", gguf_file.name, target)
+    log.info("dequantising %s into a plain fp32 checkpoint at %s (once)", gguf_file.name, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(dequantised.state_dict())
     model.generation_config = dequantised.generation_config
     tmp = target.with_name(f".tmp-{target.name}")

@@ -3,9 +3,10 @@
 
     loss = task_loss + aux_lm_weight * lm_loss      (GPT-1 used 0.5; 0 turns it off)
 
-The decoder keeps its LM head (`AutoModelForCausalLM`), so the auxiliary loss is the model's own LM loss.
-Saved as the decoder's own checkpoint (loadable by `AutoModelForCausalLM`, with the added tokens) plus
-`extract_head.safetensors` and `extract_head.json`.
+The decoder keeps its LM head (`AutoModelForCausalLM`), so the auxiliary loss is the model's own LM loss on every
+real input token (not padding, nor a token predicted from padding). Without it the LM head is not run at all
+(and an untied one is frozen: nothing trains it). Saved as the decoder's own checkpoint (loadable by
+`AutoModelForCausalLM`, with the added tokens) plus `extract_head.safetensors` and `extract_head.json`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
+
+from finetune.losses import lm_targets, token_loss
 
 # GPT-1's special tokens, added to a decoder's tokenizer (and embeddings) when it lacks them.
 GPT1_TOKENS = {"start": "<|start|>", "delim": "<|delim|>", "extract": "<|extract|>"}
@@ -58,34 +61,42 @@ class ExtractTokenModel(nn.Module):
         self.head = nn.Linear(lm.config.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        if aux_lm_weight == 0:  # an untied LM head gets no gradient (and data-parallel training would stop on it)
+            tied = {id(p) for p in lm.get_input_embeddings().parameters()}
+            for parameter in lm.get_output_embeddings().parameters():
+                if id(parameter) not in tied:
+                    parameter.requires_grad_(False)
 
     @property
     def config(self) -> Any:
         return self.lm.config
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lm_rows: torch.Tensor | None = None,
+        **_: Any,
     ) -> ModelOutput:
-        lm_labels = input_ids.masked_fill(attention_mask == 0, -100) if self.aux_lm_weight > 0 else None
+        """Logits (B, num_labels); with the auxiliary loss, its weighted sum over the LM targets and their count
+        (`lm_rows` (B,): the rows whose tokens are targets, default all). The task's loss is the task's to add."""
         # positions count real tokens only, so a left-padded sequence sees the positions a right-padded one does
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        output = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=lm_labels,
-            output_hidden_states=True,
-        )
-        hidden = output.hidden_states[-1]  # (B, L, H)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        lm = None
+        if self.aux_lm_weight > 0:
+            output = self.lm(**inputs, output_hidden_states=True)
+            hidden = output.hidden_states[-1]  # (B, L, H)
+            lm = token_loss(output.logits, lm_targets(input_ids, attention_mask, lm_rows), shift=True, term="lm")
+        else:  # the decoder's body alone: no vocabulary-wide logits that no loss reads
+            hidden = decoder_body(self.lm)(**inputs).last_hidden_state  # (B, L, H)
         positions = extract_positions(input_ids, self.extract_id)  # (B,)
         features = hidden[torch.arange(len(positions), device=hidden.device), positions]  # (B, H)
         logits = self.head(self.dropout(features))  # (B, num_labels)
-        aux_loss = self.aux_lm_weight * output.loss if lm_labels is not None else None
-        loss = None
-        if labels is not None:
-            loss = task_loss(logits, labels, self.problem_type)
-            loss = loss + aux_loss if aux_loss is not None else loss
-        return ModelOutput(loss=loss, logits=logits, aux_loss=aux_loss, lm_loss=output.loss)
+        result = ModelOutput(logits=logits)
+        if lm is not None:
+            result["lm_loss_sum"], result["lm_tokens"] = self.aux_lm_weight * lm.sums["lm"], lm.items["lm"]
+        return result
 
     # -- the parts of the PreTrainedModel interface the engine and pipeline use --------------------
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
@@ -148,15 +159,14 @@ class ExtractTokenModel(nn.Module):
         return model
 
 
+def decoder_body(lm: nn.Module) -> nn.Module:
+    """The transformer under a causal LM's output layer (through a peft wrapper: its adapters stay active)."""
+    causal = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return causal.base_model
+
+
 def extract_positions(input_ids: torch.Tensor, extract_id: int) -> torch.Tensor:
     """The index of the last `[extract]` token in each row (B, L) -> (B,)."""
     is_extract = (input_ids == extract_id).int()
     index = torch.arange(input_ids.shape[-1], device=input_ids.device)
     return (is_extract * index).argmax(-1)
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
-    """Cross-entropy over classes, or MSE for one regression output."""
-    if problem_type == "regression":
-        return nn.functional.mse_loss(logits.reshape(-1), labels.float())
-    return nn.functional.cross_entropy(logits, labels.long())

@@ -4,7 +4,8 @@ from them, and what was kept and skipped, per source and task.
 Every example becomes `{"messages": [{"role", "content"}...], "references": [...], "source", "task"}`:
 
 - alpaca (instruction, input, output): the prompt is one of the templates (drawn per example, seeded) filled
-  with the instruction and input, after k exemplars from other rows of the source when `task.shots` asks;
+  with the instruction and input, after k exemplars from the source's other training rows (never a held-out
+  one) when `task.shots` asks;
 - prompt_completion (prompt, completion): as they are (a trailing `<|endoftext|>`, as T0's files carry, dropped);
 - messages: OpenAI `messages` ({role, content}) or ShareGPT `conversations` ({from, value}) with every turn;
 - natural_instructions: Super-NaturalInstructions task files; each instance's prompt is the task's Definition,
@@ -60,16 +61,13 @@ def load_mixture(recipe: Recipe) -> tuple[dict[str, list[dict]], dict[str, Any]]
     task, data, seed = recipe.task, recipe.data, recipe.train.seed
     train, evaluation, report = [], [], {"train": {}, "eval": {}}
     for spec in data.mixture:
-        examples, skipped = read_source(spec, spec.split, task.templates, task.shots, seed)
-        held = _draw(examples, min(spec.held_out, len(examples)), seed) if spec.held_out else []
-        ids = {id(e) for e in held}
-        examples = [e for e in examples if id(e) not in ids]
+        examples, held, skipped = read_source(spec, spec.split, task.templates, task.shots, seed, spec.held_out)
         kept = mix(examples, spec, seed)
         train += kept
         evaluation += held if data.eval_mixture is None else []
         report["train"][spec.label] = _source_report(examples, kept, skipped)
     for spec in data.eval_mixture or []:
-        examples, skipped = read_source(spec, spec.split, task.templates, 0, seed)  # held-out tasks: zero-shot
+        examples, _, skipped = read_source(spec, spec.split, task.templates, 0, seed)  # held-out tasks: zero-shot
         kept = mix(examples, spec.model_copy(update={"weight": 1.0}), seed)
         evaluation += kept
         report["eval"][spec.label] = _source_report(examples, kept, skipped)
@@ -114,12 +112,15 @@ def _draw(rows: list[dict], count: int, seed: int) -> list[dict]:
 
 
 def read_source(
-    spec: SourceSpec, split: str, templates: list[str] | None, shots: int, seed: int
-) -> tuple[list[dict], Counter]:
-    """A source's examples as conversations, and the count of rows skipped by reason."""
+    spec: SourceSpec, split: str, templates: list[str] | None, shots: int, seed: int, held_out: int = 0
+) -> tuple[list[dict], list[dict], Counter]:
+    """A source's examples as conversations: those to train on, `held_out` kept apart (a seeded draw), and the
+    count of rows skipped by reason. Alpaca's k-shot exemplars are drawn from the training rows only, so that no
+    held-out row is shown in a prompt."""
     rng = random.Random(seed)
-    if spec.format == "natural_instructions":
-        return _natural_instructions(spec, split, templates or NI_TEMPLATES, shots, rng)
+    if spec.format == "natural_instructions":  # its exemplars are the task files' Positive Examples, not instances
+        examples, skipped = _natural_instructions(spec, split, templates or NI_TEMPLATES, shots, rng)
+        return (*_hold_out(examples, held_out, seed), skipped)
     rows = [_renamed(row, spec) for row in _rows(spec, split)]
     if not rows:
         raise FinetuneError(f"data.mixture ({spec.label}): split {split!r} has no rows")
@@ -129,10 +130,11 @@ def read_source(
             f"data.mixture ({spec.label}): the {spec.format} format reads {', '.join(missing)}; the rows have "
             f"{', '.join(rows[0])} (map names with columns: {{{missing[0]}: ...}})"
         )
-    examples, skipped = [], Counter()
-    for number, row in enumerate(rows):
+    examples, skipped, origins = [], Counter(), []
+    for row in rows:
+        template = rng.choice(templates or ALPACA_TEMPLATES) if spec.format == "alpaca" else ""
         if spec.format == "alpaca":
-            messages = _alpaca(row, rows, number, templates or ALPACA_TEMPLATES, shots, rng)
+            messages = _alpaca(row, template, [])
         elif spec.format == "prompt_completion":
             completion = str(row["completion"]).removesuffix(END_OF_TEXT).rstrip()
             messages = [{"role": "user", "content": str(row["prompt"])}, {"role": "assistant", "content": completion}]
@@ -145,7 +147,23 @@ def read_source(
         examples.append(
             {"messages": messages, "references": [messages[-1]["content"]], "source": spec.label, "task": spec.label}
         )
-    return examples, skipped
+        origins.append((row, template))
+    train, held = _hold_out(examples, held_out, seed)
+    if spec.format == "alpaca" and shots:
+        # the held-out rows are settled first: exemplars come from the training rows, for held-out prompts too
+        training = {id(e) for e in train}
+        pool = [row for example, (row, _) in zip(examples, origins) if id(example) in training]
+        for example, (row, template) in zip(examples, origins):
+            drawn = rng.sample(pool, min(shots + 1, len(pool)))  # one spare, in case the row itself is drawn
+            example["messages"] = _alpaca(row, template, [r for r in drawn if r is not row][:shots])
+    return train, held, skipped
+
+
+def _hold_out(examples: list[dict], count: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(the examples to train on, `count` of them kept apart: a seeded draw)."""
+    held = _draw(examples, min(count, len(examples)), seed) if count else []
+    ids = {id(e) for e in held}
+    return [e for e in examples if id(e) not in ids], held
 
 
 def ending_with_a_reply(messages: list[dict] | None) -> list[dict] | None:
@@ -202,12 +220,7 @@ def _conversation(row: dict, spec: SourceSpec) -> list[dict] | None:
     return [{"role": role, "content": str(content or "")} for role, content in turns]
 
 
-def _alpaca(
-    row: dict, rows: list[dict], number: int, templates: list[str], shots: int, rng: random.Random
-) -> list[dict]:
-    template = rng.choice(templates)
-    others = [r for i, r in enumerate(rows) if i != number]
-    exemplars = rng.sample(others, min(shots, len(others))) if shots else []
+def _alpaca(row: dict, template: str, exemplars: list[dict]) -> list[dict]:
     blocks = [_fill(template, r, "task.templates") + f" {r['output']}" for r in exemplars]
     prompt = "\n\n".join([*blocks, _fill(template, row, "task.templates")])
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(row["output"])}]

@@ -13,6 +13,7 @@ import numpy as np
 from datasets import DatasetDict
 
 from finetune.errors import FinetuneError
+from finetune.losses import IGNORE
 from finetune.tasks import Task
 from finetune.tasks.seq2seq import STATS
 
@@ -36,6 +37,7 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
         report[key] = {
             "examples": len(ds) - sum(skips.values()),
             "skipped": dict(skips),
+            "tokens": token_counts(ds, reasons, task.family == "encoder-decoder"),
             "source_tokens": _summary(sources),
             "target_tokens": _summary(targets),
             "truncated_sources": sum(p < s for p, s in zip(prompts, sources)),
@@ -65,14 +67,38 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
         kept[key] = (ds.filter(lambda skip: not skip, input_columns="skip") if skips else ds).remove_columns(
             [c for c in STATS if c in ds.column_names]
         )
+        tokens = report[key]["tokens"]
         log.info(
-            "%s split: %d examples; %d sources and %d targets truncated",
+            "%s split: %d examples; %d sources and %d targets truncated; tokens: %d in, %d kept (%d dropped by "
+            "truncation and skipped rows), %d trained",
             key,
             report[key]["examples"],
             report[key]["truncated_sources"],
             report[key]["truncated_targets"],
+            tokens["in"],
+            tokens["kept"],
+            tokens["dropped"],
+            tokens["trained"],
         )
     return DatasetDict(kept), report
+
+
+def token_counts(ds: Any, skips: list[str], separate_target: bool) -> dict[str, int]:
+    """Tokens of a split: in the rows as read (source and target, uncut), kept in the examples after truncation
+    and skipping, dropped (the difference) and trained (labelled, in the kept examples)."""
+    kept = trained = 0
+    for skip, ids, labels in zip(skips, ds["input_ids"], ds["labels"]):
+        if not skip:
+            kept += len(ids) + (len(labels) if separate_target else 0)
+            trained += sum(label != IGNORE for label in labels)
+    total = sum(ds["total_length"])
+    return {"in": total, "kept": kept, "dropped": total - kept, "trained": trained}
+
+
+def token_metrics(report: dict[str, Any]) -> dict[str, int]:
+    """The training split's token counts as flat metrics (train_tokens_in, ...); none for tasks without a report."""
+    tokens = report.get("train", {}).get("tokens", {})
+    return {f"train_tokens_{name}": count for name, count in tokens.items()}
 
 
 def _summary(lengths: list[int]) -> dict[str, float]:

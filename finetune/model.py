@@ -75,7 +75,8 @@ def build_model(
             trainable_tokens=list(task.gpt1_ids.values()) if task.gpt1_ids is not None else None,
             task_type=task.peft_task_type,
         )
-        model.peft_config["default"].base_model_name_or_path = recipe.model.name  # the id users load it from
+        # what it trained on: a Hub id means the Hub's weights; a packaged: name or a path names anything else
+        model.peft_config["default"].base_model_name_or_path = resolved.name
     if task.gpt1_ids is not None:
         model = ExtractTokenModel(
             model, task.num_labels, task.gpt1_ids["extract"], task.spec.aux_lm_weight, task.problem_type
@@ -119,37 +120,50 @@ def load_backbone(
         model.config.pad_token_id = tokenizer.pad_token_id
     bits = f", {recipe.quantize.bits}-bit" if recipe.quantize else ""
     log.info(
-        "model %s (%s, from %s%s): %.1fM parameters",
+        "model %s (%s, %s%s): %.1fM parameters",
         spec.name,
         config.model_type,
-        resolved.origin,
+        resolved.about,
         bits,
         model.num_parameters() / 1e6,
     )
     return model
 
 
-def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The stack of transformer blocks (bert.encoder.layer, transformer.h, model.layers, ...)."""
-    count = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise FinetuneError(
-        f"model.pretrained_layers: cannot find the {count} transformer blocks of {type(model).__name__}"
-    )
+def transformer_blocks(model: PreTrainedModel) -> dict[str, torch.nn.ModuleList]:
+    """The stacks of transformer blocks by name: an encoder-decoder's encoder and decoder (T5's encoder.block and
+    decoder.block, BART's encoder.layers and decoder.layers), else the one stack (bert.encoder.layer,
+    transformer.h, model.layers, ...)."""
+    if model.config.is_encoder_decoder:  # each stack's first list of modules is its blocks
+        stacks, depth = {"encoder": model.get_encoder(), "decoder": model.get_decoder()}, None
+    else:  # the first list as long as the model is deep
+        stacks, depth = {"transformer": model}, model.config.num_hidden_layers
+    found = {
+        name: next((m for m in stack.modules() if isinstance(m, torch.nn.ModuleList) and depth in (None, len(m))), None)
+        for name, stack in stacks.items()
+    }
+    missing = [name for name, blocks in found.items() if blocks is None]
+    if missing:
+        raise FinetuneError(
+            f"model.pretrained_layers: cannot find the {' and '.join(missing)} blocks of {type(model).__name__}"
+        )
+    return found
 
 
 def reinitialize_blocks(model: PreTrainedModel, keep: int) -> None:
-    """Give every transformer block from index `keep` on fresh weights (GPT-1's layers-transferred ablation)."""
-    blocks = transformer_blocks(model)
-    if keep > len(blocks):
-        raise FinetuneError(f"model.pretrained_layers: {keep} is more than the model's {len(blocks)} blocks")
-    for block in list(blocks)[keep:]:
-        for tensor in (*block.parameters(), *block.buffers()):
-            tensor._is_hf_initialized = False  # transformers skips tensors it loaded from the checkpoint
-        block.apply(model._init_weights)
-    log.info("pretrained blocks kept: %d of %d; the rest start from fresh weights", keep, len(blocks))
+    """Give every transformer block from index `keep` on fresh weights, in each stack (an encoder-decoder's encoder
+    and decoder alike): GPT-1's layers-transferred ablation."""
+    stacks = transformer_blocks(model)
+    for name, blocks in stacks.items():
+        if keep > len(blocks):
+            raise FinetuneError(f"model.pretrained_layers: {keep} is more than the model's {len(blocks)} {name} blocks")
+    for blocks in stacks.values():
+        for block in list(blocks)[keep:]:
+            for tensor in (*block.parameters(), *block.buffers()):
+                tensor._is_hf_initialized = False  # transformers skips tensors it loaded from the checkpoint
+            block.apply(model._init_weights)
+    depths = " and ".join(f"{len(blocks)} {name}" for name, blocks in stacks.items())
+    log.info("pretrained blocks kept: the first %d of %s blocks; the rest start from fresh weights", keep, depths)
 
 
 def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -22,7 +22,7 @@ from finetune.evaluation import evaluate_generation, evaluate_model, generate_te
 from finetune.export import push_run, write_model_card
 from finetune.families import detect_family, read_config, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
-from finetune.lengths import plot_lengths, take_length_report, without_histograms
+from finetune.lengths import plot_lengths, take_length_report, token_metrics, without_histograms
 from finetune.mirrors import resolve_model
 from finetune.model import build_model, load_adapter, load_finetuned, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
@@ -39,7 +39,7 @@ from finetune.rundir import (
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
 from finetune.tasks import Task, prepare_task
-from finetune.validate import Report, check, head_problems
+from finetune.validate import Report, architecture_problems, check
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         tokenizer,
         task.collator(tokenizer, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None),
         task.forward,
+        task.loss_items,
         tokenized["train"],
         tokenized["eval"],
         evaluator(
@@ -110,6 +111,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "best_step": state.best_step,
+        **token_metrics(data_report["lengths"]),
         **parameter_report(model),
         **peak_memory(),
     }
@@ -151,7 +153,7 @@ def evaluator(
 def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
     """The checkpoint's family, and the recipe with `task.head: auto` resolved (written into recipe.yaml)."""
     family, model_type = resolve_architecture(recipe.model, report)
-    problems = head_problems(recipe, family, model_type)
+    problems = architecture_problems(recipe, family, model_type)
     if problems:
         raise FinetuneError(*problems)
     if recipe.task.generates:  # the model's own language-modelling head writes the text
@@ -176,6 +178,15 @@ def prepare_data(
     words = recipe.task.verbalizer
     if words is not None and task.labels is not None and set(words) != set(task.labels):
         raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
+    if task.labels is not None and "f1" in recipe.task.metric_names:
+        try:
+            average, positive = recipe.task.f1_averaging(task.labels)
+        except ValueError as exc:
+            raise FinetuneError(str(exc)) from None
+        how = f"{average} over the {len(task.labels)} classes"
+        if average == "binary":
+            how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
+        log.info("f1: %s", how)
     tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
     data.log_samples(tokenized["train"], tokenizer)
     return task, tokenized, {"lengths": lengths, "mixture": mixture}

@@ -14,11 +14,13 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from finetune.errors import FinetuneError
+from finetune.mirrors import base_record, resolve_model
 from finetune.recipe import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
+BASE_FILE = "base_model.json"  # what the recipe's model name resolved to: origin and what the weights are
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -73,7 +75,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """The resolved recipe, and the base model it names as resolved on this machine."""
     (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe), encoding="utf-8")
+    write_json(run_dir / BASE_FILE, base_record(resolve_model(recipe.model.name), recipe.model.revision))
 
 
 def warn_if_changed(run_dir: Path, recipe: Recipe) -> None:

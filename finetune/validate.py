@@ -7,11 +7,12 @@ recipe validates in about a second.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.families import SUPPORTED_FAMILIES, detect_family, read_config, resolve_head
+from finetune.families import PACKING_ISOLATED, SUPPORTED_FAMILIES, detect_family, read_config, resolve_head
 from finetune.fields import answer_index, candidates_of, get_field, references_of, source_of, task_fields, texts_of
 from finetune.instructions import load_mixture
 from finetune.labels import infer_labels, label_id, regression_target
@@ -32,6 +33,8 @@ WIDTH_KEYS = (
     "encoder_ffn_dim",
     "decoder_ffn_dim",
 )
+# the depth of each stack of transformer blocks: decoders and encoders, then T5's and BART's encoder and decoder
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
 
 
 @dataclass
@@ -47,8 +50,8 @@ class Report:
 
     @property
     def architecture_known(self) -> bool:
-        """Family (and, for an encoder-decoder, model type) known without loading the checkpoint's config."""
-        return self.family is not None and (self.family != "encoder-decoder" or self.model_type is not None)
+        """Family (and, but for an encoder, model type) known without loading the checkpoint's config."""
+        return self.family is not None and (self.family == "encoder" or self.model_type is not None)
 
     def raise_for_problems(self) -> None:
         if self.problems:
@@ -71,28 +74,20 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     resolved = report.model = resolve_model(spec.name)
     if resolved.origin == "path" and not Path(resolved.location).is_dir():
         raise FinetuneError(f"model.name: no such folder: {spec.name}")
-    config_dir = resolved.location if resolved.is_local else _hub_cached_config(spec.name, spec.revision)
     if resolved.origin == "gguf":
-        report.notes.append(f"model.name: {spec.name} ships as GGUF; it becomes a plain checkpoint on first load")
+        report.notes.append(f"model.name: {spec.name} is {resolved.about}; it becomes a plain checkpoint on first load")
         report.family = PACKAGED_MODELS[spec.name].family if spec.family == "auto" else spec.family
-    elif config_dir is None:
-        report.notes.append(f"model.name: {spec.name} is not stored locally; its config is checked when it loads")
-        report.family = None if spec.family == "auto" else spec.family
+        if importlib.util.find_spec("gguf") is None:
+            report.problems.append(
+                f"model.name: {spec.name} is a GGUF file; reading it needs the gguf package (pip install gguf)"
+            )
     else:
-        config = read_config(config_dir)
-        report.family = detect_family(config) if spec.family == "auto" else spec.family
-        report.model_type = config.get("model_type")
-        positions = config.get("max_position_embeddings") or config.get("n_positions")
-        if positions and recipe.data.max_length > positions:
-            report.problems.append(
-                f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions"
-            )
-        report.problems.extend(quantization_problems(recipe, config))
-        blocks = config.get("num_hidden_layers") or config.get("n_layer")
-        if spec.pretrained_layers is not None and blocks and spec.pretrained_layers > blocks:
-            report.problems.append(
-                f"model.pretrained_layers: {spec.pretrained_layers} is more than the {blocks} blocks"
-            )
+        config_dir = resolved.location if resolved.is_local else _hub_config(spec.name, spec.revision)
+        if config_dir is None:
+            report.notes.append(f"model.name: {spec.name} is not stored locally; its config is checked when it loads")
+            report.family = None if spec.family == "auto" else spec.family
+        else:
+            _check_config(recipe, report, read_config(config_dir))
     if recipe.task.aux_lm_weight > 0 and report.family not in (None, "decoder"):
         report.problems.append(
             f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
@@ -113,6 +108,23 @@ def _check_model(recipe: Recipe, report: Report) -> None:
         raise FinetuneError(
             f"model.family: task type {recipe.task.type} runs on {', '.join(sorted(supported))} checkpoints; "
             f"{spec.name} is {report.family}"
+        )
+
+
+def _check_config(recipe: Recipe, report: Report, config: dict) -> None:
+    """The checks on the checkpoint's config.json: family, positions, quantisable widths, depth of each stack."""
+    spec = recipe.model
+    report.family = detect_family(config) if spec.family == "auto" else spec.family
+    report.model_type = config.get("model_type")
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if positions and recipe.data.max_length > positions:
+        report.problems.append(f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions")
+    report.problems.extend(quantization_problems(recipe, config))
+    depths = [(config[key], key) for key in DEPTH_KEYS if isinstance(config.get(key), int)]
+    if spec.pretrained_layers is not None and depths and spec.pretrained_layers > min(depths)[0]:
+        depth, key = min(depths)
+        report.problems.append(
+            f"model.pretrained_layers: {spec.pretrained_layers} is more than the model's {depth} blocks ({key})"
         )
 
 
@@ -146,13 +158,19 @@ def _check_hub(recipe: Recipe, report: Report) -> None:
 
 def _check_head(recipe: Recipe, report: Report) -> None:
     if report.architecture_known:
-        report.problems.extend(head_problems(recipe, report.family, report.model_type))
+        report.problems.extend(architecture_problems(recipe, report.family, report.model_type))
     # otherwise checked once the checkpoint's config loads
 
 
-def head_problems(recipe: Recipe, family: str, model_type: str | None) -> list[str]:
-    """text_to_text needs an encoder-decoder; a task prefix needs text_to_text."""
+def architecture_problems(recipe: Recipe, family: str, model_type: str | None) -> list[str]:
+    """Packing needs an architecture that keeps packed examples apart; text_to_text needs an encoder-decoder; a
+    task prefix needs text_to_text."""
     task = recipe.task
+    if recipe.data.packing and family == "decoder" and model_type not in PACKING_ISOLATED:
+        return [
+            f"data.packing: {model_type} ignores restarting positions, so packed examples would attend to each "
+            "other; set data.packing: false"
+        ]
     if task.generates:
         return []
     if task.head == "text_to_text" and family != "encoder-decoder":
@@ -167,15 +185,32 @@ def head_problems(recipe: Recipe, family: str, model_type: str | None) -> list[s
     return []
 
 
-def _hub_cached_config(repo_id: str, revision: str | None) -> str | None:
-    """The folder of a Hub checkpoint's config in the local Hugging Face cache, without any network call."""
-    from huggingface_hub import try_to_load_from_cache
+def _hub_config(repo_id: str, revision: str | None) -> str | None:
+    """The folder of a Hub checkpoint's config.json: from the local Hugging Face cache, else fetched (a few KB,
+    before any weights); None when the Hub cannot be reached."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     except ValueError:  # not a valid repo id
         raise FinetuneError(f"model.name: {repo_id!r} is neither an existing folder nor a Hub id") from None
-    return str(Path(found).parent) if isinstance(found, str) else None
+    if isinstance(found, str):
+        return str(Path(found).parent)
+    endpoint = os.environ.get("HF_ENDPOINT")
+    try:  # one try first: unreachable, the download would retry for half a minute
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=revision, endpoint=endpoint))
+        found = hf_hub_download(repo_id, "config.json", revision=revision, endpoint=endpoint)
+    except RepositoryNotFoundError:  # gated and private repositories without access included
+        raise FinetuneError(f"model.name: no model {repo_id} on the Hub that this login can read") from None
+    except RevisionNotFoundError:
+        raise FinetuneError(f"model.revision: {revision} is not a revision of {repo_id}") from None
+    except RemoteEntryNotFoundError:
+        raise FinetuneError(f"model.name: {repo_id} has no config.json on the Hub") from None
+    except (OSError, httpx2.TransportError):  # offline, or the Hub unreachable: the load checks it
+        return None
+    return str(Path(found).parent)
 
 
 def _check_data(recipe: Recipe, report: Report) -> None:
@@ -208,6 +243,10 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             raise FinetuneError(
                 f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more"
             )
+        try:
+            recipe.task.f1_averaging(report.labels)
+        except ValueError as exc:
+            report.problems.append(str(exc))
     for key, split in splits.items():
         if recipe.task.generates:
             _check_texts(recipe, split, key.removesuffix("_split"), rows[split], report)

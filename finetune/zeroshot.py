@@ -28,7 +28,7 @@ from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
-from finetune.metrics import compute_metrics
+from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
 from finetune.pipeline import LoadedRun, evaluator, settle_architecture, tokenize_splits
 from finetune.recipe import Recipe
@@ -67,7 +67,12 @@ def zero_shot(
         unnormalised.append(int(np.argmax(total)))
         answers.append(answer)
         start += len(continuations)
-    metrics = compute_metrics(recipe.task.metric_names, normalised, answers)  # e.g. f1 for MRPC, on normalised
+    classes = (recipe.task.labels or list(recipe.task.verbalizer)) if recipe.task.has_classes else None
+    try:  # the classes in the order the answers index them
+        f1 = f1_setting(recipe.task, classes, candidates=max(len(c) for _, c, _ in questions))
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
+    metrics = compute_metrics(recipe.task.metric_names, normalised, answers, f1)  # e.g. f1 for MRPC, on normalised
     metrics["accuracy"] = float(np.mean(np.array(normalised) == answers))
     metrics["accuracy_unnormalized"] = float(np.mean(np.array(unnormalised) == answers))
     return {**{k: round(v, 6) for k, v in metrics.items()}, "num_examples": len(questions)}

@@ -1,4 +1,5 @@
-"""Shared fixtures: offline settings, the shared data mirror, tiny BERT and ELECTRA checkpoints built from configs."""
+"""Shared fixtures: offline settings, the shared data mirror, the model mirror holding the packaged MiniLM under its
+Hub id (as `make setup` links it), tiny checkpoints built from configs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from finetune.mirrors import link_packaged
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 GLUE = SHARED_DATA / "glue"
+MODEL_MIRROR = REPO / ".cache" / "models"  # the Makefile's
 
 os.environ.update(
     {
@@ -18,9 +22,11 @@ os.environ.update(
         "TRANSFORMERS_VERBOSITY": "error",
         "TOKENIZERS_PARALLELISM": "false",
         "FINETUNE_DATA_MIRROR": str(SHARED_DATA),
+        "FINETUNE_MODEL_MIRROR": str(MODEL_MIRROR),
     }
 )
-os.environ.pop("FINETUNE_MODEL_MIRROR", None)
+link_packaged(MODEL_MIRROR)
+
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

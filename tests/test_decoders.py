@@ -94,21 +94,66 @@ def test_extract_head_reads_the_same_token_under_left_and_right_padding(kind, re
     assert torch.allclose(right, left, atol=1e-5)
 
 
-def test_aux_loss_is_the_weighted_lm_loss_on_the_same_batch(tiny_gpt2):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+def gpt1_decoder(checkpoint, aux_lm_weight: float = 0.5, num_labels: int = 1):
+    """A tiny decoder under GPT-1's head, its tokenizer with GPT-1's tokens, and their ids."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     ids = add_gpt1_tokens(tokenizer)
-    lm = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    lm = AutoModelForCausalLM.from_pretrained(checkpoint)
     lm.resize_token_embeddings(len(tokenizer))
-    model = ExtractTokenModel(lm, 2, ids["extract"], 0.5, "single_label_classification").eval()
-    input_ids = torch.tensor([[ids["start"], 2023, 2003, ids["extract"]], [ids["start"], 2023, ids["extract"], 0]])
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
-    labels = torch.tensor([1, 0])
+    return ExtractTokenModel(lm, num_labels, ids["extract"], aux_lm_weight, None).eval(), tokenizer, ids
+
+
+def lm_loss_alone(lm, sequence: list[int]) -> tuple[float, int]:
+    """A sequence's LM loss summed over its tokens (each predicted from the ones before), run alone, unpadded."""
     with torch.no_grad():
-        output = model(input_ids=input_ids, attention_mask=mask, labels=labels)
-        lm_loss = lm(input_ids=input_ids, attention_mask=mask, labels=input_ids.masked_fill(mask == 0, -100)).loss
-        task = torch.nn.functional.cross_entropy(output.logits, labels)
-    assert torch.allclose(output.aux_loss, 0.5 * lm_loss, atol=1e-6)
-    assert torch.allclose(output.loss, task + 0.5 * lm_loss, atol=1e-6)
+        mean = lm(input_ids=torch.tensor([sequence]), labels=torch.tensor([sequence])).loss.item()
+    return mean * (len(sequence) - 1), len(sequence) - 1
+
+
+def test_aux_loss_counts_real_candidates_and_no_token_predicted_from_padding(tiny_gpt2):
+    """Multiple choice on a decoder: the auxiliary LM loss is the weighted sum over the real tokens of the real
+    candidates, each run alone: not over the copies that pad an example with fewer candidates, and, left-padded,
+    not over a [start] predicted from padding."""
+    model, tokenizer, ids = gpt1_decoder(tiny_gpt2)
+    task = decoder_task(type="multiple_choice", context="q", choices="options", label="answer", aux_lm_weight=0.5)
+    task.family, task.gpt1_ids = "decoder", ids
+    rows = {"q": ["pick one", "which is longest"], "options": [["a b", "c"], ["d", "e f g", "h"]], "answer": [1, 0]}
+    features = task.format(rows, tokenizer, 32)
+    alone = [lm_loss_alone(model.lm, seq) for example in features["input_ids"] for seq in example]
+    expected_sum, expected_tokens = 0.5 * sum(total for total, _ in alone), sum(n for _, n in alone)
+    right = task.collator(tokenizer, None)([dict(zip(features, v)) for v in zip(*features.values())])
+    assert right["choice_mask"].tolist() == [[True, True, False], [True, True, True]]
+    lengths = right["attention_mask"].sum(-1, keepdim=True)  # (B, k, 1)
+    shifts = (right["input_ids"].shape[-1] - lengths).flatten().tolist()
+    left = {**right}  # the same rows padded on the left
+    for key in ("input_ids", "attention_mask"):
+        rows = [row.roll(shift, -1) for row, shift in zip(right[key].flatten(0, 1), shifts)]
+        left[key] = torch.stack(rows).view_as(right[key])
+    for batch in (right, left):
+        with torch.no_grad():
+            loss, _ = task.forward(model, batch)
+        assert int(loss.items["lm"]) == expected_tokens == int(task.loss_items(batch)["lm"])
+        assert loss.sums["lm"].item() == pytest.approx(expected_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("aux_lm_weight", [0.0, 0.5])
+def test_the_lm_head_runs_and_trains_only_for_the_auxiliary_loss(tiny_llama, aux_lm_weight):
+    """Without the auxiliary loss no vocabulary-wide logits are computed and an untied LM head is frozen (data
+    parallelism stops on a parameter that gets no gradient); with it, the LM head runs and trains."""
+    model, tokenizer, ids = gpt1_decoder(tiny_llama, aux_lm_weight, num_labels=2)
+    assert model.lm.get_output_embeddings().weight is not model.lm.get_input_embeddings().weight  # untied
+    calls = []
+    model.lm.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    task = decoder_task(type="classification", text_a="s", labels=["no", "yes"], aux_lm_weight=aux_lm_weight)
+    task.family, task.gpt1_ids = "decoder", ids
+    features = task.format({"s": ["a fine film", "dull"], "label": ["yes", "no"]}, tokenizer, 32)
+    batch = task.collator(tokenizer, None)([dict(zip(features, v)) for v in zip(*features.values())])
+    loss, _ = task.forward(model.train(), batch)
+    loss.mean().backward()
+    assert len(calls) == (aux_lm_weight > 0)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable)
+    assert any("lm_head" in name for name, _ in trainable) == (aux_lm_weight > 0)
 
 
 @pytest.mark.parametrize("kind", ["tiny_gpt2", "tiny_llama"])

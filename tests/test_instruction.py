@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from finetune.errors import FinetuneError
 from finetune.gguf_models import local_checkpoint
 from finetune.instructions import NI_TEMPLATES, load_mixture, mix, read_source
+from finetune.losses import IGNORE
 from finetune.mirrors import resolve_model
 from finetune.recipe import load_recipe, validate_dict
 from finetune.recipe.schema import SourceSpec
 from finetune.tasks import Instruction, build_task
-from finetune.tasks.seq2seq import IGNORE
 
-SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"
 NI_TASKS = SHARED_DATA / "instruct" / "natural_instructions"
 CONVERSATION = [
     {"role": "system", "content": "You answer briefly."},
@@ -117,7 +117,7 @@ def sources(tmp_path) -> dict[str, SourceSpec]:
 @pytest.mark.parametrize("chat", [True, False])
 def test_every_format_learns_only_its_responses(name, chat, tmp_path, smollm2_tokenizer):
     spec = sources(tmp_path)[name]
-    examples, _ = read_source(spec, "train", None, 1, seed=0)
+    examples, _, _ = read_source(spec, "train", None, 1, seed=0)
     examples = mix(examples, spec, 0)
     assert examples
     task = instruction_task(chat_template=chat)
@@ -141,7 +141,7 @@ def test_natural_instructions_prompts_hold_definition_examples_and_input():
         tasks=["task1344_glue_entailment_classification"],
     )
     task = json.loads((NI_TASKS / "tasks/task1344_glue_entailment_classification.json").read_text(encoding="utf-8"))
-    examples, _ = read_source(spec, "test", [NI_TEMPLATES[0]], 2, seed=0)
+    examples, _, _ = read_source(spec, "test", [NI_TEMPLATES[0]], 2, seed=0)
     assert len(examples) == len(task["Instances"])
     first, instance = examples[0], task["Instances"][0]
     positive = task["Positive Examples"]
@@ -156,13 +156,37 @@ def test_natural_instructions_prompts_hold_definition_examples_and_input():
 def test_templates_are_drawn_per_example_with_a_seed():
     spec = SourceSpec(source="tatsu-lab/alpaca", format="alpaca", max_examples=50)
     templates = ["A: {instruction} {input}", "B: {instruction} {input}", "C: {instruction} {input}"]
-    first, _ = read_source(spec, "train", templates, 0, seed=3)
-    again, _ = read_source(spec, "train", templates, 0, seed=3)
-    other, _ = read_source(spec, "train", templates, 0, seed=4)
+    first, _, _ = read_source(spec, "train", templates, 0, seed=3)
+    again, _, _ = read_source(spec, "train", templates, 0, seed=3)
+    other, _, _ = read_source(spec, "train", templates, 0, seed=4)
     heads = [e["messages"][0]["content"][0] for e in first]
     assert heads == [e["messages"][0]["content"][0] for e in again]
     assert heads != [e["messages"][0]["content"][0] for e in other]
     assert set(heads) == {"A", "B", "C"}
+
+
+def test_k_shot_exemplars_are_training_rows_only(tmp_path):
+    path = tmp_path / "alpaca.json"
+    rows = [{"instruction": f"Task {i}.", "input": "", "output": f"<answer-{i:02d}>"} for i in range(30)]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    recipe = validate_dict(
+        {
+            "model": SMOLLM2,
+            "task": {"type": "instruction", "shots": 3},
+            "data": {"mixture": [{"files": {"train": str(path)}, "format": "alpaca", "held_out": 10}]},
+        }
+    )
+    examples, _ = load_mixture(recipe)
+    held = {e["references"][0] for e in examples["eval"]}
+    trained = {e["references"][0] for e in examples["train"]}
+    assert len(held) == 10 and len(trained) == 20
+
+    def shown(example: dict) -> set[str]:
+        return {r["output"] for r in rows if r["output"] in example["messages"][0]["content"]}
+
+    assert all(len(shown(e)) == 3 and shown(e) <= trained - set(e["references"]) for e in examples["train"])
+    assert all(len(shown(e)) == 3 and shown(e) <= trained for e in examples["eval"])
+    assert load_mixture(recipe)[0] == examples  # the same seed draws the same exemplars
 
 
 def test_held_out_tasks_are_the_official_test_list_and_mixing_caps_each_task():
@@ -213,7 +237,7 @@ def test_conversations_without_an_answer_are_counted(tmp_path):
         {"conversations": [{"from": "narrator", "value": "once"}, {"from": "gpt", "value": "upon"}]},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    examples, skipped = read_source(SourceSpec(files={"train": str(path)}, format="messages"), "train", None, 0, 0)
+    examples, _, skipped = read_source(SourceSpec(files={"train": str(path)}, format="messages"), "train", None, 0, 0)
     assert len(examples) == 1
     assert dict(skipped) == {"no assistant turn": 1, "empty response": 1, "unknown role": 1}
 
@@ -270,7 +294,7 @@ def test_packed_batch_equals_the_examples_run_alone(tiny_llama):
             token_losses += losses[labels != IGNORE].tolist()
             start += len(f["input_ids"])
     assert torch.allclose(logits[0], torch.cat(alone_logits), atol=1e-5)
-    assert loss.item() == pytest.approx(sum(token_losses) / len(token_losses), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(sum(token_losses) / len(token_losses), rel=1e-5)
 
 
 def test_held_out_tasks_are_reported_task_by_task(tiny_llama, tmp_path):

@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.errors import FinetuneError
 from finetune.lengths import take_length_report
+from finetune.losses import IGNORE
 from finetune.metrics import compute_metrics
 from finetune.recipe import load_recipe, validate_dict
 from finetune.tasks import Seq2Seq, build_task
-from finetune.tasks.seq2seq import IGNORE, PROMPT_END
+from finetune.tasks.seq2seq import PROMPT_END
 from finetune.validate import check
 
 JFLEG = SHARED_DATA / "seq2seq" / "jfleg" / "dev"
@@ -77,7 +78,7 @@ def test_decoder_loss_is_the_mean_over_target_tokens(tiny_llama):
             logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
             logprobs = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
             losses += [-logprobs[i, token].item() for i, token in enumerate(answer)]
-    assert loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert loss.mean().item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert batch["generation_input_ids"][1].tolist()[-1] == batch["input_ids"][1][batch["labels"][1] == IGNORE][-1]
 
 
@@ -93,6 +94,22 @@ def test_long_decoder_prompt_keeps_its_start_and_its_cue(tiny_gpt2):
     assert prompt[:4] == full[:4] and prompt[-PROMPT_END:] == full[-PROMPT_END:]  # start and "summary:" kept
     assert [t for t in labels if t != IGNORE] == tokenizer("a b c d", add_special_tokens=False)["input_ids"]
     assert features["source_length"] == [len(full)] and features["target_length"] == [7]  # six words and the stop
+
+
+def test_decoder_prompts_are_cut_alike_in_training_evaluation_and_prediction(tiny_gpt2):
+    """A prompt must not depend on its target's length: training, evaluation and `finetune predict` leave room for
+    the longest target (data.max_target_length), so the model is evaluated on the prompt it was trained on and will
+    be asked with."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    task = seq2seq_task("decoder", max_target_length=8, prompt_template="summarize: {text} summary:", label="s")
+    long_text = " ".join(f"word{i}" for i in range(200))
+    predicted = task.format_inputs({"text": [long_text]}, tokenizer, 48)
+    prompt = predicted["input_ids"][0][: predicted["prompt_length"][0]]
+    assert len(prompt) == 48 - 8
+    for target in ("short", "a much longer reference of many words"):
+        for formatted in (task.format_eval, task.format):
+            features = formatted({"text": [long_text], "s": [target]}, tokenizer, 48)
+            assert features["input_ids"][0][: features["prompt_length"][0]] == prompt
 
 
 def test_encoder_decoder_examples_follow_t5(tiny_t5):
@@ -272,3 +289,24 @@ def test_inspect_marks_the_masked_prompt(tiny_gpt2, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "(3 masked, 4 learned)" in shown and "  target  he goes home" in shown
     assert "  loss  0  0  0    1  1    1    1" in shown
+
+
+def test_a_truncated_run_reports_tokens_in_kept_dropped_and_trained(tiny_llama, tmp_path):
+    """metrics.json counts the training split's tokens, checked against the tokenizer run on the rows directly:
+    every dialogue is longer than its room, so each example keeps its prompt's budget and its (capped) target."""
+    from cases import BY_NAME, train
+
+    result = train(BY_NAME["seq2seq-decoder"].recipe(tmp_path, tiny_llama))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = [json.loads(line) for line in (tmp_path / "dialogsum.jsonl").read_text().splitlines()]
+    prompts = [
+        len(tokenizer(f"Dialogue: {r['dialogue']}\nSummary:", add_special_tokens=False)["input_ids"]) for r in rows
+    ]
+    targets = [len(tokenizer(r["summary"], add_special_tokens=False)["input_ids"]) + 1 for r in rows]  # and the stop
+    assert all(p + t > 48 for p, t in zip(prompts, targets))
+    metrics = result.metrics
+    assert metrics["train_tokens_in"] == sum(prompts) + sum(targets)
+    kept = sum(48 - 16 + min(t, 16) for t in targets)  # the prompt's budget leaves room for 16 target tokens
+    assert metrics["train_tokens_kept"] == kept
+    assert metrics["train_tokens_dropped"] == metrics["train_tokens_in"] - kept
+    assert metrics["train_tokens_trained"] == sum(min(t, 16) for t in targets)

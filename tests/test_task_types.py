@@ -69,12 +69,27 @@ def test_similarity_prediction_is_order_invariant(tokenizer, tiny_bert):
         return task.forward(model, collate([dict(zip(features, v)) for v in zip(*features.values())]))[1]
 
     assert torch.allclose(predict(rows), predict(swapped), atol=1e-6)
-    # the summed output equals the head applied to the sum of the two final representations (bias counted twice)
-    features = task.format(rows, tokenizer, 64)
-    batch = collate([dict(zip(features, v)) for v in zip(*features.values())])
-    pooled = model.bert(**{k: v.flatten(0, 1) for k, v in batch.items() if k != "choice_mask"}).pooler_output
-    summed = pooled.view(2, 2, -1).sum(1) @ model.classifier.weight.T + 2 * model.classifier.bias
-    assert torch.allclose(predict(rows), summed, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tiny_bert", "tiny_electra"])
+def test_similarity_is_the_head_on_the_sum_of_both_orderings_representations(kind, request, tokenizer):
+    """GPT-1: head(h_ab + h_ba), for BERT's linear head on the pooled state (its bias once, not twice) and for
+    ELECTRA's head with layers of its own (dense, GELU, projection) on the first token's state."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(request.getfixturevalue(kind), num_labels=2).eval()
+    task = build_task(spec(type="similarity", text_a="a", text_b="b", labels=["no", "yes"]), ["no", "yes"])
+    features = task.format(
+        {"a": ["a man plays a guitar", "the cat"], "b": ["someone plays", "a dog barks"]}, tokenizer, 64
+    )
+    batch = task.collator(tokenizer, None)([dict(zip(features, v)) for v in zip(*features.values())])
+    inputs = {k: v.flatten(0, 1) for k, v in batch.items() if k != "choice_mask"}  # (2B, L)
+    with torch.no_grad():
+        if kind == "tiny_bert":
+            representations = model.bert(**inputs).pooler_output  # (2B, H)
+        else:
+            representations = model.electra(**inputs).last_hidden_state  # (2B, L, H); the head reads position 0
+        expected = model.classifier(representations.view(2, 2, *representations.shape[1:]).sum(1))
+        assert torch.allclose(task.forward(model, batch)[1], expected, atol=1e-6)
 
 
 def test_group_collator_masks_missing_candidates():
@@ -100,7 +115,7 @@ def test_multiple_choice_softmax_is_over_each_examples_own_candidates(tokenizer,
     loss, scores = task.forward(model, batch)
     assert scores.shape == (2, 4) and torch.isinf(scores[0, 2:]).all() and torch.isfinite(scores[1]).all()
     expected = -(torch.log_softmax(scores[0, :2], -1)[1] + torch.log_softmax(scores[1], -1)[3]) / 2
-    assert torch.allclose(loss, expected)
+    assert torch.allclose(loss.mean(), expected)
     probabilities = task.describe(scores.detach().numpy())
     assert len(probabilities[0]["probabilities"]) == 2 and len(probabilities[1]["probabilities"]) == 4
     assert all(abs(sum(p["probabilities"]) - 1) < 1e-5 for p in probabilities)

@@ -93,7 +93,8 @@ class ModelSpec(Section):
     )
     pretrained_layers: PositiveInt | None = Field(
         None,
-        description="Keep only the first N pretrained transformer blocks; the later ones start from fresh weights.",
+        description="Keep only the first N pretrained transformer blocks of each stack (an encoder-decoder's encoder "
+        "and decoder alike); the later ones start from fresh weights. N may not exceed the shallowest stack.",
     )
 
     @model_validator(mode="after")
@@ -182,6 +183,18 @@ class TaskSpec(Section):
         "pearson and spearman for regression and similarity scores; rougeL, rouge1, rouge2 for seq2seq; rougeL and "
         "exact_match for instruction.",
     )
+    f1_average: Literal["auto", "binary", "macro", "micro", "weighted"] = Field(
+        "auto",
+        description="How f1 averages over the classes: binary (the F1 of task.positive_label), macro (the mean over "
+        "every class, one absent from the split scoring 0), micro, or weighted (by each class's count); auto: binary "
+        "with two classes, macro with more, decided by the class list, not by the values a split holds. "
+        "multiple_choice is scored macro over its candidate positions.",
+    )
+    positive_label: str | None = Field(
+        None,
+        description="Binary f1: the class it scores, one of the classes (task.labels, or those inferred). Default: "
+        "the second class (id 1), e.g. 1 of 0/1; inferred names are sorted, so yes of no/yes. Training logs it.",
+    )
     templates: list[str] | None = Field(
         None,
         description="instruction: phrasings of the prompt, one drawn per example (seeded); alpaca rows fill "
@@ -191,7 +204,7 @@ class TaskSpec(Section):
     shots: NonNegativeInt = Field(
         0,
         description="instruction: exemplars shown before each prompt (k-shot): a natural_instructions task's "
-        "positive examples, or other rows of the same source.",
+        "positive examples, or other training rows of the same source (never its held_out rows).",
     )
     chat_template: bool | None = Field(
         None,
@@ -335,6 +348,36 @@ class TaskSpec(Section):
         if self.labels is not None and len(self.labels) < 2:
             raise ValueError("task.labels: a classification task needs at least two classes")
         return self
+
+    @model_validator(mode="after")
+    def _f1_options_fit(self) -> TaskSpec:
+        used = [f for f in ("f1_average", "positive_label") if getattr(self, f) not in ("auto", None)]
+        if used and not self.has_classes:
+            raise ValueError(f"task.{used[0]}: only tasks that predict classes choose how f1 averages")
+        if used and "f1" not in self.metric_names:
+            raise ValueError(f"task.{used[0]}: only applies when task.metrics includes f1")
+        if self.labels is not None:
+            self.f1_averaging(self.labels)
+        return self
+
+    def f1_averaging(self, labels: list[str]) -> tuple[str, int]:
+        """f1's averaging over these classes and the id of its positive class (read by binary); a ValueError
+        naming the field when task.f1_average or task.positive_label does not fit them."""
+        average = self.f1_average if self.f1_average != "auto" else ("binary" if len(labels) == 2 else "macro")
+        if average == "binary" and len(labels) != 2:
+            raise ValueError(
+                f"task.f1_average: binary needs exactly two classes, not {len(labels)} ({', '.join(labels)}); "
+                "use macro, micro or weighted"
+            )
+        if self.positive_label is None:
+            return average, 1
+        if self.positive_label not in labels:
+            raise ValueError(
+                f"task.positive_label: {self.positive_label!r} is not one of the classes ({', '.join(labels)})"
+            )
+        if average != "binary":
+            raise ValueError(f"task.positive_label: only binary f1 has a positive class; f1 averages {average} here")
+        return average, labels.index(self.positive_label)
 
     @property
     def predicts_score(self) -> bool:

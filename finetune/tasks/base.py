@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from finetune.fields import get_field, task_fields
 from finetune.heads import add_gpt1_tokens
+from finetune.losses import Loss, count_targets, example_loss, lm_targets
 from finetune.recipe.schema import TaskSpec
 
 
@@ -126,16 +127,44 @@ class Task:
         """Pads a list of formatted examples into a batch of tensors."""
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
-    def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    @property
+    def aux_lm(self) -> bool:
+        """Does a decoder's task head add the auxiliary language-modelling loss (GPT-1)?"""
+        return self.gpt1_ids is not None and self.spec.aux_lm_weight > 0
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the model reads from a batch (the labels are the task's to score)."""
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def scores(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's outputs as the task's predictions (B, C)."""
+        return logits
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss | None, torch.Tensor]:
         """(loss, logits) for a batch; the loss is None when the batch has no labels."""
-        output = model(**batch)
-        return output.get("loss"), output.logits
+        output = model(**self.model_inputs(batch))
+        logits, labels = self.scores(output.logits, batch), batch.get("labels")
+        if labels is None:
+            return None, logits
+        return example_loss(self.example_losses(logits, labels)).plus(aux_loss(output)), logits
+
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The items each loss term of `forward` sums over in this batch: examples, and the auxiliary LM loss's
+        tokens; known before the forward pass, so that a step's loss can be divided by the step's items."""
+        items = {"task": torch.tensor(len(batch["labels"]), device=batch["labels"].device)}
+        if self.aux_lm:
+            inputs = self.model_inputs(batch)
+            targets = lm_targets(inputs["input_ids"], inputs["attention_mask"], inputs.get("lm_rows"))
+            items["lm"] = count_targets(targets, shift=True)
+        return items
+
+    def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task loss of each example (B,)."""
+        return F.cross_entropy(logits, labels.long(), reduction="none")
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss from outputs and labels (used on gathered evaluation outputs)."""
-        return F.cross_entropy(logits, labels.long())
+        """The mean task loss over examples (used on gathered evaluation outputs)."""
+        return self.example_losses(logits, labels).mean()
 
     def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
         """Predictions in the form the metrics compare with the labels."""
@@ -158,10 +187,10 @@ def _truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> t
     return a, b
 
 
-def add_aux_loss(loss: torch.Tensor | None, output: Any) -> torch.Tensor | None:
-    """The task loss plus a decoder head's weighted auxiliary LM loss, when it has one."""
-    aux = output.get("aux_loss") if hasattr(output, "get") else None
-    return loss + aux if loss is not None and aux is not None else loss
+def aux_loss(output: Any) -> Loss | None:
+    """A decoder head's weighted auxiliary LM loss as a loss term, when it computed one."""
+    total = output.get("lm_loss_sum") if hasattr(output, "get") else None
+    return None if total is None else Loss({"lm": total}, {"lm": output["lm_tokens"]})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

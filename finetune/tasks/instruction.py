@@ -20,8 +20,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from finetune.errors import FinetuneError
+from finetune.losses import IGNORE
 from finetune.tasks.base import batch_rows
-from finetune.tasks.seq2seq import FEATURES, IGNORE, Seq2Seq, _bos, _stop_id
+from finetune.tasks.seq2seq import FEATURES, Seq2Seq, _bos, _stop_id
 
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -93,7 +94,7 @@ class Instruction(Seq2Seq):
         trained = [any(start < b and end > a for a, b in spans) for start, end in offsets]
         prompt_length = sum(end <= reply for _, end in offsets)
         labels = [token if learn else IGNORE for token, learn in zip(ids, trained)]
-        target_length, skip = sum(trained), ""
+        target_length, total_length, skip = sum(trained), len(ids), ""
         if len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
             if evaluation is not False and prompt_length >= max_length:
@@ -110,6 +111,7 @@ class Instruction(Seq2Seq):
             "prompt_length": min(prompt_length, len(ids)),
             "source_length": prompt_length,
             "target_length": target_length,
+            "total_length": total_length,
             "target_cut": kept < target_length,
             "skip": skip,
         }

@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
 from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
-from finetune.tasks.base import Task, add_aux_loss, batch_rows, softmax
+from finetune.tasks.base import Task, batch_rows, softmax
 
 
 class MultipleChoice(Task):
@@ -58,19 +57,20 @@ class MultipleChoice(Task):
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
         return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
-    def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        labels, mask = batch.get("labels"), batch["choice_mask"]
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (B, k, L)
-        if self.family != "encoder":  # a decoder's or encoder-decoder's head scores one sequence: (B*k, L) -> (B*k, 1)
-            inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
-        output = model(**inputs)
-        scores = output.logits.view(mask.shape).masked_fill(~mask, float("-inf"))  # (B, k): padding never wins
-        return add_aux_loss(None if labels is None else self.loss(scores, labels), output), scores
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """(B, k, L) for an encoder's multiple-choice head; other heads score one sequence: (B*k, L), and a decoder's
+        auxiliary LM loss reads only the real candidates (`lm_rows`), not the copies that pad an example."""
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}
+        if self.family == "encoder":
+            return inputs
+        inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
+        if self.aux_lm:
+            inputs["lm_rows"] = batch["choice_mask"].flatten()
+        return inputs
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels.long())
+    def scores(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["choice_mask"]
+        return logits.view(mask.shape).masked_fill(~mask, float("-inf"))  # (B, k): padding never wins
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         return [

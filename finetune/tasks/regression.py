@@ -27,8 +27,8 @@ class Regression(Task):
             raise FinetuneError(f"task.label: {value!r} in row {row} is not a number")
         return target
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(logits.reshape(-1), labels.float())
+    def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits.reshape(-1), labels.float(), reduction="none")
 
     def metric_inputs(self, logits: np.ndarray) -> np.ndarray:
         return logits.reshape(-1)

@@ -3,9 +3,11 @@
 - encoder-decoder: the source (after T5's task prefix) is the encoder's input and the target its labels; the loss
   is the model's teacher-forced cross-entropy on the target tokens (`AutoModelForSeq2SeqLM`).
 - decoder: prompt and target are one sequence, `[bos] source target [eos]`, whose prompt positions are labelled
-  -100, so the loss is on the target tokens only (`AutoModelForCausalLM`). A prompt too long for
-  `data.max_length` loses tokens from its middle: its start (an instruction) and its last tokens (where a template
-  puts its answer cue, `Summary:`) are kept, so the model always sees the cue it will see when it generates.
+  -100, so the loss is on the target tokens only (`AutoModelForCausalLM`). A prompt longer than
+  `data.max_length - data.max_target_length` loses tokens from its middle: its start (an instruction) and its last
+  tokens (where a template puts its answer cue, `Summary:`) are kept. The prompt's budget leaves room for the
+  longest target whatever the row's own target, so training, evaluation and `finetune predict` cut a prompt alike
+  and the model always sees the prompt it will see when it generates.
 
 At evaluation the model writes its output (`generate`: greedy or beam search, a decoder's prompts left-padded), and
 the text is judged against the row's references. A training row whose target column holds a list trains on each
@@ -27,13 +29,13 @@ from transformers import (
 )
 
 from finetune.fields import get_field, references_of, source_of, texts_of
+from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
 from finetune.recipe.schema import GenerationSpec
 from finetune.tasks.base import Task, batch_rows
 
 PROMPT_END = 16  # tokens kept at the end of a decoder prompt that is cut to fit
-IGNORE = -100  # label of a position the loss skips
 # per-example columns read into the length report, then dropped (origin: a mixture's source)
-STATS = ("source_length", "target_length", "target_cut", "skip", "origin")
+STATS = ("source_length", "target_length", "total_length", "target_cut", "skip", "origin")
 FEATURES = ("input_ids", "attention_mask", "labels", "prompt_length", *STATS[:-1])  # what encode_pair returns
 
 
@@ -94,7 +96,10 @@ class Seq2Seq(Task):
         )
 
     def _encode(
-        self, pairs: list[tuple[str, str | None, list[str] | None]], tokenizer: PreTrainedTokenizerBase, max_length: int
+        self,
+        pairs: list[tuple[str, str | None, list[str] | None]],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
     ) -> dict[str, list]:
         features: dict[str, list] = {key: [] for key in FEATURES}
         if pairs and pairs[0][2] is not None:
@@ -110,7 +115,8 @@ class Seq2Seq(Task):
     def encode_pair(
         self, source: str, target: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> dict[str, Any]:
-        """One example's ids and labels, its untruncated lengths, and why it is skipped ("" when it is not)."""
+        """One example's ids and labels, its untruncated lengths, and why it is skipped ("" when it is not); a
+        decoder's prompt is cut to leave room for the longest target (see the module docstring)."""
         skip = (
             "empty source"
             if not source.strip()
@@ -132,7 +138,7 @@ class Seq2Seq(Task):
                 else []
             )
             target_part = target_ids[: self.max_target_length]
-            prompt = _cut_middle(source_ids, max_length - len(target_part))
+            prompt = _cut_middle(source_ids, max_length - self.max_target_length)
             input_ids = prompt + target_part
             labels = [IGNORE] * len(prompt) + target_part
             prompt_length = len(prompt)
@@ -143,6 +149,7 @@ class Seq2Seq(Task):
             "prompt_length": prompt_length,
             "source_length": len(source_ids),
             "target_length": len(target_ids),
+            "total_length": len(source_ids) + len(target_ids),
             "target_cut": len(target_ids) > self.max_target_length,
             "skip": skip,
         }
@@ -152,16 +159,24 @@ class Seq2Seq(Task):
             return PackingCollator(tokenizer.pad_token_id)
         return GenerationCollator(tokenizer.pad_token_id, self.family == "decoder", pad_to_multiple_of)
 
-    def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The target tokens the loss reads (a decoder's first position predicts nothing)."""
+        return {"task": count_targets(batch["labels"], shift=self.family == "decoder")}
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss | None, torch.Tensor]:
+        """The cross-entropy summed over the target tokens, and the logits."""
+        labels, segments = batch.get("labels"), None
         if "position_ids" in batch:  # packed: positions restarting per example make the causal mask block-diagonal
             # (transformers builds it only without an attention mask and without a cache)
-            inputs = {key: batch[key] for key in ("input_ids", "position_ids", "labels")}
-            output = model(**inputs, use_cache=False)
-        else:
+            output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            segments = packed_segments(batch["position_ids"])
+        elif self.family == "decoder":
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        else:  # the labels give the decoder its inputs (shifted right)
             output = model(**{key: batch[key] for key in ("input_ids", "attention_mask", "labels") if key in batch})
-        return output.get("loss"), output.logits
+        if labels is None:
+            return None, output.logits
+        return token_loss(output.logits, labels, shift=self.family == "decoder", segments=segments), output.logits
 
     @torch.no_grad()
     def generate(

@@ -26,6 +26,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune.batching import group_mask, pad_groups
 from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.losses import Loss, example_loss
 from finetune.tasks.base import Task, batch_rows
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
@@ -95,9 +96,7 @@ class TextToText(Task):
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> TextToTextCollator:
         return TextToTextCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
-    def forward(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss | None, torch.Tensor]:
         sources, source_mask = batch["input_ids"], batch["attention_mask"]  # (B, S, L)
         targets, target_mask = batch["target_ids"], batch["target_mask"]  # (B, k, T)
         (b, s, length), (k, t) = sources.shape, targets.shape[1:]
@@ -119,11 +118,11 @@ class TextToText(Task):
         if labels is None:
             return None, scores
         if self.spec.type == "multiple_choice":  # GPT-1's loss: softmax over the candidates' scores
-            return self.loss(scores, labels), scores
+            return example_loss(self.example_losses(scores, labels)), scores
         # classes: teacher-forced cross-entropy on the right class word's tokens (T5's loss), per token
         right = scores.gather(1, labels.view(-1, 1)).squeeze(1)  # (B,)
         tokens = target_mask.sum(-1).gather(1, labels.view(-1, 1)).squeeze(1) * s  # (B,)
-        return -(right / tokens).mean(), scores
+        return example_loss(-right / tokens), scores
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         return self.head.describe(logits)

@@ -1,0 +1,101 @@
+"""Packing keeps examples apart on every decoder architecture the project lists, or is refused for it: packed
+logits and loss equal each example run alone (padded), for each of families.DECODER_TYPES."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from finetune.families import DECODER_TYPES, PACKING_ISOLATED
+from finetune.recipe import validate_dict
+from finetune.tasks import build_task
+from finetune.tasks.seq2seq import GenerationCollator, PackingCollator
+from finetune.validate import architecture_problems
+
+SIZES = {  # every architecture's own names for the sizes; each config takes those it has
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "n_embd": 32,
+    "d_model": 32,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "n_head": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 64,
+    "n_inner": 64,
+    "ffn_dim": 64,
+    "word_embed_proj_dim": 32,
+    "rotary_dim": 8,
+    "num_local_experts": 2,
+    "num_experts_per_tok": 1,
+    "max_position_embeddings": 64,
+    "n_positions": 64,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+EXAMPLES = [  # (prompt, target) token ids of three examples of different lengths
+    ([1, 5, 6, 7, 8], [9, 10, 2]),
+    ([1, 11, 12], [13, 2]),
+    ([1, 14, 15, 16, 17, 18, 19], [20, 21, 22, 2]),
+]
+
+
+def tiny_decoder(model_type: str) -> torch.nn.Module:
+    config = AutoConfig.for_model(model_type)
+    for key, value in SIZES.items():
+        if hasattr(config, key):
+            try:
+                setattr(config, key, value)
+            except AttributeError:  # a size derived from others (Falcon's head_dim)
+                pass
+    if model_type == "gpt_neo":
+        config.attention_types, config.attention_layers = [[["global", "local"], 1]], ["global", "local"]
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def seq2seq_task():
+    recipe = validate_dict(
+        {
+            "model": "./decoder",
+            "task": {"type": "seq2seq", "text_a": "source", "label": "target"},
+            "data": {"files": {"train": "t.jsonl", "validation": "v.jsonl"}, "packing": True},
+        }
+    )
+    task = build_task(recipe.task, None)
+    task.family = "decoder"
+    return recipe, task
+
+
+@pytest.mark.parametrize("model_type", sorted(DECODER_TYPES))
+def test_packed_examples_equal_each_example_alone_or_packing_is_refused(model_type):
+    recipe, task = seq2seq_task()
+    features = [
+        {"input_ids": p + t, "attention_mask": [1] * len(p + t), "labels": [-100] * len(p) + t, "prompt_length": len(p)}
+        for p, t in EXAMPLES
+    ]
+    model = tiny_decoder(model_type)
+    with torch.no_grad():
+        padded_loss, padded = task.forward(model, GenerationCollator(0, decoder=True)(features))  # (B, L, V)
+        packed_loss, packed = task.forward(model, PackingCollator(0)(features))  # (1, T, V)
+    starts = [0, *torch.tensor([len(f["input_ids"]) for f in features]).cumsum(0).tolist()]
+    difference = max(
+        float((packed[0, a:b] - padded[i, : b - a]).abs().max()) for i, (a, b) in enumerate(zip(starts, starts[1:]))
+    )
+    if model_type in PACKING_ISOLATED:
+        assert difference < 1e-5
+        assert torch.equal(packed_loss.items["task"], padded_loss.items["task"])
+        assert torch.allclose(packed_loss.sums["task"], padded_loss.sums["task"], rtol=1e-5)
+        assert torch.allclose(packed_loss.per_example[0], padded_loss.per_example[0], rtol=1e-5)
+        assert architecture_problems(recipe, "decoder", model_type) == []
+    else:  # the examples see each other: refused at validation, naming the architecture
+        assert difference > 1e-3
+        assert architecture_problems(recipe, "decoder", model_type) == [
+            f"data.packing: {model_type} ignores restarting positions, so packed examples would attend to each "
+            "other; set data.packing: false"
+        ]
