@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -91,3 +91,15 @@ def group_mask(features: list[dict], key: str) -> torch.Tensor:
 
 def _fill(sequences: list[list[int]], groups: int) -> list[list[int]]:
     return list(sequences) + [sequences[0]] * (groups - len(sequences))
+
+
+def chunks(loader: Iterable, size: int) -> Iterator[list]:
+    """The loader's batches in lists of `size` (the last one shorter when the epoch's batches run out)."""
+    chunk = []
+    for batch in loader:
+        chunk.append(batch)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

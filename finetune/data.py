@@ -154,18 +154,10 @@ def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
 def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:
     """Format and tokenize every split with `datasets.map`, cached under a fingerprint of everything that matters."""
     tokenized = {}
+    formatting = (task.spec.model_dump(), task.labels, max_length, task.max_target_length)
+    identity = (_tokenizer_identity(tokenizer), _formatting_code(task))
     for key, ds in raw.items():
-        fingerprint = Hasher.hash(
-            (
-                ds._fingerprint,
-                task.spec.model_dump(),
-                task.labels,
-                max_length,
-                task.max_target_length,
-                _tokenizer_identity(tokenizer),
-                _formatting_code(task),
-            )
-        )
+        fingerprint = Hasher.hash((ds._fingerprint, *formatting, *identity))
         tokenized[key] = ds.map(
             task.formatter(key),
             batched=True,

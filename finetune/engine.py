@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +27,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from finetune.batching import EpochSampler, example_length
+from finetune.batching import EpochSampler, chunks, example_length
 from finetune.errors import FinetuneError
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.recipe.schema import TrainSpec
-from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, write_json
+from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, replace_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Engine:
                 if state.batches_in_epoch
                 else self.train_loader
             )
-            for batches in _chunks(loader, spec.grad_accum):  # one optimizer step's micro-batches
+            for batches in chunks(loader, spec.grad_accum):  # one optimizer step's micro-batches
                 window.add(self._step(batches), self._examples(batches))
                 state.batches_in_epoch += len(batches)
                 state.global_step += 1
@@ -313,7 +313,7 @@ class Engine:
         )
         if acc.is_main_process:
             self.tokenizer.save_pretrained(tmp)
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         acc.wait_for_everyone()
 
     def _save_checkpoint(self) -> None:
@@ -340,7 +340,7 @@ class Engine:
                 model.write_settings(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / STATE_FILE, {**asdict(self.state), "log_records": len(self.log.read())})
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
             for old in checkpoint_dirs(self.run_dir)[: -self.spec.keep_checkpoints]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
@@ -384,31 +384,6 @@ def has_adapter(model: torch.nn.Module) -> bool:
 def save_options(model: torch.nn.Module) -> dict[str, bool]:
     """peft saves whole embedding matrices when the vocabulary grew; the added tokens' rows are in the adapter."""
     return {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` in for `target` with renames, so `target` is never half written."""
-    if target.exists():
-        old = target.with_name(f".old-{target.name}")
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
-
-
-def _chunks(loader: Iterable, size: int) -> Iterator[list]:
-    """The loader's batches in lists of `size` (the last one shorter when the epoch's batches run out)."""
-    chunk = []
-    for batch in loader:
-        chunk.append(batch)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class _Window:

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from datasets import DatasetDict
 
+from finetune.batching import example_length
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE
 from finetune.tasks import Task
+from finetune.tasks.base import TOTAL_LENGTH
 from finetune.tasks.seq2seq import STATS
 
 log = logging.getLogger(__name__)
@@ -23,10 +25,10 @@ LENGTHS_PLOT = "lengths.png"
 
 
 def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
-    """Drop skipped examples and the statistics columns; return what they said, per split (empty for tasks that
-    write no such columns). Raises when a split has nothing left."""
+    """Drop skipped examples and the statistics columns; return what they said, per split (for tasks that do not
+    generate, their input tokens only). Raises when a split has nothing left."""
     if any("skip" not in ds.column_names for ds in tokenized.values()):
-        return tokenized, {}
+        return input_token_report(tokenized)
     report, kept = {}, {}
     # an instruction decoder's responses share data.max_length with the prompt; they have no limit of their own
     target_limit = None if task.name == "instruction" and task.family == "decoder" else task.max_target_length
@@ -83,6 +85,28 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
     return DatasetDict(kept), report
 
 
+def input_token_report(tokenized: DatasetDict) -> tuple[DatasetDict, dict[str, Any]]:
+    """Tasks that predict classes, scores or candidates: per split, the input tokens of the rows as read and those
+    kept after truncation to data.max_length (every ordering and candidate counted); the column dropped."""
+    if any(TOTAL_LENGTH not in ds.column_names for ds in tokenized.values()):
+        return tokenized, {}
+    report, kept = {}, {}
+    for key, ds in tokenized.items():
+        total = sum(sum(n) if isinstance(n, list) else n for n in ds[TOTAL_LENGTH])
+        held = sum(example_length(ids) for ids in ds["input_ids"])
+        report[key] = {"examples": len(ds), "tokens": {"in": total, "kept": held, "dropped": total - held}}
+        log.info(
+            "%s split: %d examples; tokens: %d in, %d kept (%d dropped by truncation)",
+            key,
+            len(ds),
+            total,
+            held,
+            total - held,
+        )
+        kept[key] = ds.remove_columns(TOTAL_LENGTH)
+    return DatasetDict(kept), report
+
+
 def token_counts(ds: Any, skips: list[str], separate_target: bool) -> dict[str, int]:
     """Tokens of a split: in the rows as read (source and target, uncut), kept in the examples after truncation
     and skipping, dropped (the difference) and trained (labelled, in the kept examples)."""
@@ -91,7 +115,7 @@ def token_counts(ds: Any, skips: list[str], separate_target: bool) -> dict[str, 
         if not skip:
             kept += len(ids) + (len(labels) if separate_target else 0)
             trained += sum(label != IGNORE for label in labels)
-    total = sum(ds["total_length"])
+    total = sum(ds[TOTAL_LENGTH])
     return {"in": total, "kept": kept, "dropped": total - kept, "trained": trained}
 
 
@@ -119,8 +143,8 @@ def without_histograms(report: Any) -> Any:
 
 
 def plot_lengths(report: dict[str, Any], folder: Path) -> Path | None:
-    """Histograms of source and target lengths per split, the limits drawn in; None when there is no report."""
-    if not report:
+    """Histograms of source and target lengths per split, the limits drawn in; None when there are none."""
+    if not any("histogram" in split for split in report.values()):
         return None
     import matplotlib
 

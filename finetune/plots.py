@@ -34,7 +34,8 @@ def plot_training(run_dir: Path) -> Path | None:
         ax_eval.plot([r["step"] for r in evals], [r[name] for r in evals], "o-", label=name.removeprefix("eval_"))
     ax_eval.set_xlabel("step"), ax_eval.set_title("evaluation"), ax_eval.legend(loc="lower right")
     fig.suptitle(run_dir.name)
-    fig.tight_layout()
+    # fixed margins: tight_layout draws the figure once more to measure its text, doubling the cost of a plot
+    fig.subplots_adjust(left=0.07, right=0.93, bottom=0.13, top=0.87, wspace=0.3)
     fig.savefig(run_dir / PLOT_FILE, dpi=100)
     plt.close(fig)
     return run_dir / PLOT_FILE

@@ -138,3 +138,16 @@ class JsonlLog:
         if self.enabled and self.path.is_file():
             kept = self.read()[:count]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` in for `target` with renames, so `target` is never half written."""
+    if target.exists():
+        old = target.with_name(f".old-{target.name}")
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)

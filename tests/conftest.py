@@ -29,6 +29,26 @@ link_packaged(MODEL_MIRROR)
 
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """FINETUNE_CACHE for the whole session (launched processes too), so a packaged GGUF file is converted once."""
+    cache = tmp_path_factory.mktemp("finetune-cache")
+    os.environ["FINETUNE_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted() -> tuple:
+    """The packaged SmolLM2 as the code under test found it (a GGUF file) and the plain checkpoint it converted it
+    into, once per session; every test that loads the real SmolLM2 asks for this first."""
+    from finetune.gguf_models import local_checkpoint
+    from finetune.mirrors import resolve_model
+
+    found = resolve_model(SMOLLM2)
+    return found, local_checkpoint(found)
 
 
 def _tiny_checkpoint(folder: Path, kind: str, width: int = 32) -> Path:

@@ -7,20 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import REPO, SHARED_DATA, run_cli
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import REPO, SHARED_DATA, SMOLLM2, run_cli
+from transformers import AutoTokenizer
 
 from finetune.errors import FinetuneError
-from finetune.gguf_models import local_checkpoint
 from finetune.instructions import NI_TEMPLATES, load_mixture, mix, read_source
 from finetune.losses import IGNORE
-from finetune.mirrors import resolve_model
 from finetune.recipe import load_recipe, validate_dict
 from finetune.recipe.schema import SourceSpec
 from finetune.tasks import Instruction, build_task
 
-SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"
 NI_TASKS = SHARED_DATA / "instruct" / "natural_instructions"
 CONVERSATION = [
     {"role": "system", "content": "You answer briefly."},
@@ -34,9 +30,9 @@ CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
+def smollm2_tokenizer(smollm2_converted):
     """The real SmolLM2-135M-Instruct tokenizer, with its ChatML chat template."""
-    return AutoTokenizer.from_pretrained(local_checkpoint(resolve_model(SMOLLM2)))
+    return AutoTokenizer.from_pretrained(smollm2_converted[1])
 
 
 def instruction_task(family: str = "decoder", **task) -> Instruction:
@@ -269,32 +265,6 @@ def test_bad_instruction_settings_are_one_line(overrides, expected):
     except FinetuneError as exc:
         found = exc.problems
     assert len(found) == 1 and found[0].startswith(expected), found
-
-
-def test_packed_batch_equals_the_examples_run_alone(tiny_llama):
-    """Packing leaves each example's logits and the per-token loss as they are when it runs alone."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    task = instruction_task(chat_template=False)
-    task.prepare_tokenizer(tokenizer)
-    conversations = [CONVERSATION[1:3], CONVERSATION[1:5], [{"role": "user", "content": "x"}, CONVERSATION[6]]]
-    features = [task.encode_conversation(c, tokenizer, 128, evaluation=False) for c in conversations]
-    task.packing = True
-    packed = task.collator(tokenizer, None)(features)
-    assert packed["input_ids"].shape[0] == 1 and int(packed["examples"]) == 3
-    with torch.no_grad():
-        loss, logits = task.forward(model, packed)
-        start, alone_logits, token_losses = 0, [], []
-        for f in features:
-            ids = torch.tensor([f["input_ids"]])
-            out = model(input_ids=ids).logits[0]
-            alone_logits.append(out)
-            labels = torch.tensor(f["labels"][1:])
-            losses = torch.nn.functional.cross_entropy(out[:-1], labels.clamp(min=0), reduction="none")
-            token_losses += losses[labels != IGNORE].tolist()
-            start += len(f["input_ids"])
-    assert torch.allclose(logits[0], torch.cat(alone_logits), atol=1e-5)
-    assert loss.mean().item() == pytest.approx(sum(token_losses) / len(token_losses), rel=1e-5)
 
 
 def test_held_out_tasks_are_reported_task_by_task(tiny_llama, tmp_path):

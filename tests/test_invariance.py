@@ -1,6 +1,6 @@
 """The engine's equivalences, for every task type on the families that run it (tests/cases.py): gradient
-accumulation equals a larger batch, the same seed gives the same weights, several processes equal one, packed
-equals unpacked. Dropout is off, so that the runs compared differ only in how the work is split."""
+accumulation equals a larger batch, several processes equal one, packed equals unpacked. Dropout is off, so that the
+runs compared differ only in how the work is split."""
 
 from __future__ import annotations
 
@@ -35,15 +35,13 @@ def test_accumulated_micro_batches_equal_one_large_batch(case, request, tmp_path
     """Batch 6 against 3 micro-batches of 2: 10 examples are one full accumulation and one ragged one (2 of 3
     micro-batches). The micro-batches hold different numbers of target tokens, so only a step's loss divided by
     the step's items (not a mean of micro-batch means, nor a ragged step scaled by 2/3) gives the same weights.
-    The large batch runs twice: the same seed gives identical weights."""
+    (That the same seed gives identical weights is proven for every case by tests/test_invariance_runs.py: the
+    interrupted run starts afresh with the recipe's seed and must end bit-identical to the uninterrupted one.)"""
     model = case_model(case, request, tmp_path_factory)
     large = train(case.recipe(tmp_path, model, **PROPORTIONAL))
-    again = train(case.recipe(tmp_path, model, **PROPORTIONAL))
     accumulated = train(case.recipe(tmp_path, model, batch_size=2, grad_accum=3, **PROPORTIONAL))
     assert large.metrics["train_steps"] == accumulated.metrics["train_steps"] == 2
-    a, b = weights(large.run_dir), weights(again.run_dir)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    difference, scale = max_difference(a, weights(accumulated.run_dir))
+    difference, scale = max_difference(weights(large.run_dir), weights(accumulated.run_dir))
     assert difference <= TOLERANCE * scale
 
 

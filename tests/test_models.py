@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MINILM, REPO
+from conftest import MINILM, REPO, SMOLLM2
 from hub_server import HubStandIn
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
@@ -19,7 +19,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.errors import FinetuneError
 from finetune.export import write_model_card
-from finetune.gguf_models import local_checkpoint
 from finetune.mirrors import converted_dir, resolve_model
 from finetune.model import build_model
 from finetune.recipe import Recipe, load_recipe, validate_dict
@@ -27,21 +26,17 @@ from finetune.rundir import BASE_FILE, write_recipe
 from finetune.tasks import build_task
 from finetune.validate import check
 
-SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"
 
-
-def test_packaged_gguf_converts_once_into_a_plain_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path))
-    resolved = resolve_model(SMOLLM2)
-    assert resolved.origin == "gguf" and resolved.location.endswith(".gguf")
-    folder = local_checkpoint(resolved)
+def test_packaged_gguf_converts_once_into_a_plain_checkpoint(smollm2_converted):
+    found, folder = smollm2_converted  # the session's conversion, by the code under test
+    assert found.origin == "gguf" and found.location.endswith(".gguf")
     assert resolve_model(SMOLLM2).origin == "package" and resolve_model(SMOLLM2).location == folder
     assert "quantization_config" not in json.loads((converted_dir(SMOLLM2) / "config.json").read_text())
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     plain = AutoModelForCausalLM.from_pretrained(folder)
-    gguf_path = resolved.location
+    gguf_path = found.location
     reference = AutoModelForCausalLM.from_pretrained(gguf_path.rsplit("/", 1)[0], gguf_file=gguf_path.rsplit("/", 1)[1])
     with torch.no_grad():
         ours = plain.generate(**prompt, max_new_tokens=8, do_sample=False)

@@ -52,7 +52,7 @@ def test_recipe_runs_with_a_tiny_budget(path, tmp_path, request):
     assert result.metrics["train_steps"] == 2 and result.metrics["num_train_samples"] == rows
 
 
-def test_real_smollm2_trains_in_gpt1_layout(tmp_path):
+def test_real_smollm2_trains_in_gpt1_layout(tmp_path, smollm2_converted):
     """The packaged SmolLM2 GGUF checkpoint, converted once, fine-tuned two steps on real RTE pairs."""
     result = run_cli(
         "train",

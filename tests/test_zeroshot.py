@@ -23,7 +23,7 @@ def test_continuation_logprobs_match_a_one_at_a_time_computation(tiny_llama):
         assert count == len(c) and abs(total - expected) < 1e-4
 
 
-def test_smollm2_zero_shot_on_real_copa(capsys):
+def test_smollm2_zero_shot_on_real_copa(capsys, smollm2_converted):
     result = run_cli("eval", REPO / "recipes/smollm2/copa-smollm2.yaml", "--zero-shot")
     assert result.exit_code == 0 and result.metrics["num_examples"] == 100
     assert result.metrics["accuracy_unnormalized"] >= 0.55  # 0.65 measured; chance is 0.5

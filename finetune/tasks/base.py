@@ -14,6 +14,8 @@ from finetune.heads import add_gpt1_tokens
 from finetune.losses import Loss, count_targets, example_loss, lm_targets
 from finetune.recipe.schema import TaskSpec
 
+TOTAL_LENGTH = "total_length"  # a row's tokens before truncation: read into the token report, then dropped
+
 
 def batch_rows(batch: dict[str, list]) -> list[dict[str, Any]]:
     """A `datasets` batch (columns of values) as a list of rows."""
@@ -101,13 +103,15 @@ class Task:
             encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
             if self.family == "encoder-decoder":  # BART reads the same input in encoder and decoder; no token types
                 encoded.pop("token_type_ids", None)
+            encoded[TOTAL_LENGTH] = untruncated_length(tokenizer, texts, encoded["input_ids"], max_length)
             return encoded
         ids = self.gpt1_ids
         a = tokenizer(first, add_special_tokens=False)["input_ids"]
         b = tokenizer(second, add_special_tokens=False)["input_ids"] if second is not None else None
+        total = len(a) + (2 if b is None else 3 + len(b))
         a, b = _truncate_longest_first(a, b, max_length - (2 if b is None else 3))
         tokens = [ids["start"], *a, *([ids["delim"], *b] if b is not None else []), ids["extract"]]
-        return {"input_ids": tokens, "attention_mask": [1] * len(tokens)}
+        return {"input_ids": tokens, "attention_mask": [1] * len(tokens), TOTAL_LENGTH: total}
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
         """Tokenize a batch of raw rows and attach `labels` when the rows have them.
@@ -134,7 +138,7 @@ class Task:
 
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the model reads from a batch (the labels are the task's to score)."""
-        return {k: v for k, v in batch.items() if k != "labels"}
+        return {k: v for k, v in batch.items() if k not in ("labels", TOTAL_LENGTH)}
 
     def scores(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's outputs as the task's predictions (B, C)."""
@@ -173,6 +177,11 @@ class Task:
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         """One readable prediction record per example, for `finetune predict`."""
         raise NotImplementedError
+
+
+def untruncated_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], ids: list[int], max_length: int) -> int:
+    """A sequence's tokens before truncation to `max_length` (`ids`): tokenized again only when it reached it."""
+    return len(tokenizer(*texts, verbose=False)["input_ids"]) if len(ids) >= max_length else len(ids)
 
 
 def _truncate_longest_first(a: list[int], b: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE
-from finetune.tasks.base import batch_rows
+from finetune.tasks.base import TOTAL_LENGTH, batch_rows
 from finetune.tasks.seq2seq import FEATURES, Seq2Seq, _bos, _stop_id
 
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -111,7 +111,7 @@ class Instruction(Seq2Seq):
             "prompt_length": min(prompt_length, len(ids)),
             "source_length": prompt_length,
             "target_length": target_length,
-            "total_length": total_length,
+            TOTAL_LENGTH: total_length,
             "target_cut": kept < target_length,
             "skip": skip,
         }

@@ -31,11 +31,11 @@ from transformers import (
 from finetune.fields import get_field, references_of, source_of, texts_of
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
 from finetune.recipe.schema import GenerationSpec
-from finetune.tasks.base import Task, batch_rows
+from finetune.tasks.base import TOTAL_LENGTH, Task, batch_rows
 
 PROMPT_END = 16  # tokens kept at the end of a decoder prompt that is cut to fit
 # per-example columns read into the length report, then dropped (origin: a mixture's source)
-STATS = ("source_length", "target_length", "total_length", "target_cut", "skip", "origin")
+STATS = ("source_length", "target_length", TOTAL_LENGTH, "target_cut", "skip", "origin")
 FEATURES = ("input_ids", "attention_mask", "labels", "prompt_length", *STATS[:-1])  # what encode_pair returns
 
 
@@ -149,7 +149,7 @@ class Seq2Seq(Task):
             "prompt_length": prompt_length,
             "source_length": len(source_ids),
             "target_length": len(target_ids),
-            "total_length": len(source_ids) + len(target_ids),
+            TOTAL_LENGTH: len(source_ids) + len(target_ids),
             "target_cut": len(target_ids) > self.max_target_length,
             "skip": skip,
         }

@@ -27,7 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 from finetune.batching import group_mask, pad_groups
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.losses import Loss, example_loss
-from finetune.tasks.base import Task, batch_rows
+from finetune.tasks.base import TOTAL_LENGTH, Task, batch_rows, untruncated_length
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
 
@@ -68,12 +68,16 @@ class TextToText(Task):
         {'input_ids': [[[3, 7, 7, 204, 7142, 10, 3, 9, 1399, 814, 1]]], 'attention_mask': [[[1, ...]]],
          'target_ids': [[[2841, 1], [1465, 1]]], 'labels': [1]}
         """
-        features: dict[str, list] = {"input_ids": [], "attention_mask": [], "target_ids": []}
+        features: dict[str, list] = {"input_ids": [], "attention_mask": [], "target_ids": [], TOTAL_LENGTH: []}
         label_column = self.spec.label.split(".")[0]
         class_targets = None if self.labels is None else self._tokenize_targets(tokenizer, self.class_words, max_length)
         for number, row in enumerate(batch_rows(batch)):
-            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s in self.sources(row)]
+            sources = self.sources(row)
+            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s in sources]
             features["input_ids"].append([e["input_ids"] for e in encoded])
+            features[TOTAL_LENGTH].append(
+                [untruncated_length(tokenizer, [s], e["input_ids"], max_length) for s, e in zip(sources, encoded)]
+            )
             features["attention_mask"].append([e["attention_mask"] for e in encoded])
             if self.labels is None:  # multiple choice: the row's own candidates
                 texts, names = candidates_of(row, self.spec)
