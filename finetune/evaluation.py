@@ -69,9 +69,9 @@ def generate_texts(
     for batch in loader:
         if "labels" in batch:
             loss, _ = task.forward(model, batch)
-            per_sum, per_count = loss.per_example
-            sums.append(accelerator.gather_for_metrics(per_sum).cpu())
-            counts.append(accelerator.gather_for_metrics(per_count).cpu())
+            per_example = accelerator.gather_for_metrics(torch.stack(loss.per_example, dim=1)).cpu()  # (N, 2)
+            sums.append(per_example[:, 0])
+            counts.append(per_example[:, 1])
         ids = task.generate(generator, batch, spec, tokenizer)
         ids = accelerator.pad_across_processes(ids, dim=1, pad_index=tokenizer.pad_token_id)
         texts += [

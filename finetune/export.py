@@ -206,7 +206,7 @@ def merge_run(run_dir: Path, out_dir: Path) -> Path:
     merged.save_pretrained(out_dir)
     run.tokenizer.save_pretrained(out_dir)
     recipe = run.recipe.model_copy(update={"peft": None, "quantize": None})
-    write_recipe(out_dir, recipe)
+    write_recipe(out_dir, recipe, _base_of(run_dir, recipe))  # the base the adapter was trained on
     for name in (METRICS_FILE, PLOT_FILE):  # the run's results travel with the merged model
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)

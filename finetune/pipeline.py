@@ -23,7 +23,7 @@ from finetune.export import push_run, write_model_card
 from finetune.families import detect_family, read_config, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, take_length_report, token_metrics, without_histograms
-from finetune.mirrors import resolve_model
+from finetune.mirrors import base_record, resolve_model
 from finetune.model import build_model, load_adapter, load_finetuned, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
 from finetune.recipe import Recipe, load_recipe
@@ -78,7 +78,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     if accelerator.is_main_process:
         if resume:
             warn_if_changed(run_dir, recipe)
-        write_recipe(run_dir, recipe)
+        write_recipe(run_dir, recipe, base_record(report.model, recipe.model.revision))
         if data_report["lengths"]:
             write_json(run_dir / LENGTHS_FILE, without_histograms(data_report["lengths"]))
             plot_lengths(data_report["lengths"], run_dir)

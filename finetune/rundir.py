@@ -14,7 +14,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from finetune.errors import FinetuneError
-from finetune.mirrors import base_record, resolve_model
 from finetune.recipe import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -74,10 +73,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def write_recipe(run_dir: Path, recipe: Recipe) -> None:
-    """The resolved recipe, and the base model it names as resolved on this machine."""
+def write_recipe(run_dir: Path, recipe: Recipe, base: dict[str, Any]) -> None:
+    """The resolved recipe, and what its base model is (`mirrors.base_record`)."""
     (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe), encoding="utf-8")
-    write_json(run_dir / BASE_FILE, base_record(resolve_model(recipe.model.name), recipe.model.revision))
+    write_json(run_dir / BASE_FILE, base)
 
 
 def warn_if_changed(run_dir: Path, recipe: Recipe) -> None:

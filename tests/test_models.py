@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.errors import FinetuneError
 from finetune.export import write_model_card
-from finetune.mirrors import converted_dir, resolve_model
+from finetune.mirrors import base_record, converted_dir, resolve_model
 from finetune.model import build_model
 from finetune.recipe import Recipe, load_recipe, validate_dict
 from finetune.rundir import BASE_FILE, write_recipe
@@ -71,7 +71,7 @@ def test_run_folder_and_card_say_what_the_base_really_is(tmp_path):
     for name, recipe_path in (("smollm2", "smollm2/rte-smollm2.yaml"), ("minilm", "glue/rte-minilm.yaml")):
         recipe = load_recipe(REPO / "recipes" / recipe_path)
         (tmp_path / name).mkdir()
-        write_recipe(tmp_path / name, recipe)
+        write_recipe(tmp_path / name, recipe, base_record(resolve_model(recipe.model.name), recipe.model.revision))
         write_model_card(tmp_path / name, recipe, {"accuracy": 0.5}, build_task(recipe.task, ["a", "b"]))
     base = json.loads((tmp_path / "smollm2" / BASE_FILE).read_text())
     assert base["name"] == SMOLLM2 and base["origin"] == "package"
