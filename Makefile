@@ -31,9 +31,12 @@ finetune:
 test:
 	$(PYTHON) -m pytest -q
 
+# TRL is bench-only (bench/baselines/trl_sft.py, the baseline bench/speed.py compares against), never a dependency.
 bench:
+	$(PYTHON) -m pip install -q --no-deps trl==1.16.0
 	$(PYTHON) bench/validate_speed.py
 	$(PYTHON) bench/glue.py
+	$(PYTHON) bench/speed.py
 
 docs:
 	$(VENV)/bin/finetune recipe --schema > docs/recipe.md

@@ -11,11 +11,11 @@ import json
 import logging
 import math
 import shutil
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -25,12 +25,18 @@ from datasets import Dataset
 from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import (
+    PreTrainedTokenizerBase,
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from finetune.batching import EpochSampler, chunks, example_length
 from finetune.errors import FinetuneError
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
+from finetune.progress import TrainState, Window, throughput
 from finetune.recipe.schema import TrainSpec
 from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, replace_dir, write_json
 
@@ -38,26 +44,24 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 Evaluate = Callable[[torch.nn.Module, DataLoader, int], dict[str, float]]  # (model, loader, step) -> metrics
-Forward = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[Loss | None, torch.Tensor]]
-CountItems = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # batch -> items per loss term
+SCHEDULES = {
+    "linear": get_linear_schedule_with_warmup,
+    "cosine": get_cosine_schedule_with_warmup,
+    "constant": lambda optimizer, warmup, _: get_constant_schedule_with_warmup(optimizer, warmup),
+}
 
 
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint, so a resumed run continues exactly."""
+class Steps(Protocol):
+    """What the engine asks of a task about a batch (a Task is one)."""
 
-    global_step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    samples_seen: int = 0
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    last_eval_step: int | None = None
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss, torch.Tensor | None]:
+        """The batch's loss terms (summed over their items) and the model's outputs."""
+
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Items per loss term, known before the forward pass."""
+
+    def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(2,): the batch's real tokens and the tokens computed, padding included."""
 
 
 def make_accelerator(spec: TrainSpec) -> Accelerator:
@@ -95,17 +99,17 @@ class Engine:
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         collator: Callable,
-        forward: Forward,
-        count_items: CountItems,
+        steps: Steps,
         train_set: Dataset,
         eval_set: Dataset,
         evaluate: Evaluate,
         resume_from: Path | None,
     ) -> None:
         set_seed(self.spec.seed)
-        self.tokenizer, self.forward, self.count_items, self.evaluate = tokenizer, forward, count_items, evaluate
+        self.tokenizer, self.steps, self.evaluate = tokenizer, steps, evaluate
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.pending_tokens = torch.zeros(2, dtype=torch.long, device=self.accelerator.device)
         self.sampler, train_loader = self._setup_train_loader(train_set, collator)
         eval_loader = DataLoader(
             eval_set, batch_size=self.spec.eval_batch_size, collate_fn=collator, generator=torch.Generator()
@@ -114,6 +118,8 @@ class Engine:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
+        if self.spec.compile:
+            self.model = torch.compile(self.model, dynamic=True)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
         self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
         self.scheduler = self._setup_scheduler(self.optimizer)
@@ -154,12 +160,19 @@ class Engine:
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.spec.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.spec.lr, betas=self.spec.adam_betas, eps=self.spec.adam_eps)
+        settings = {"lr": self.spec.lr, "betas": self.spec.adam_betas, "eps": self.spec.adam_eps}
+        if self.spec.optimizer == "adamw":  # fused: one kernel for every parameter (the HF Trainer's default too)
+            fused = self.accelerator.device.type in ("cpu", "cuda")
+            return torch.optim.AdamW(groups, fused=fused or None, **settings)
+        import bitsandbytes as bnb  # slow to import: only when asked for
+
+        optimizer = bnb.optim.PagedAdamW8bit if self.spec.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return optimizer(groups, **settings)
 
     def _setup_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         warmup = self.spec.warmup
         self.warmup_steps = int(warmup) if warmup >= 1 else round(warmup * self.total_steps)
-        return get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.total_steps)
+        return SCHEDULES[self.spec.schedule](optimizer, self.warmup_steps, self.total_steps)
 
     # -- train ---------------------------------------------------------------------------------
     def train(self) -> TrainState:
@@ -173,7 +186,7 @@ class Engine:
             disable=not acc.is_local_main_process,
             dynamic_ncols=True,
         )
-        window = _Window()
+        window = Window()
         while state.global_step < self.total_steps and not state.stopped_early:
             self.model.train()
             self.train_loader.set_epoch(state.epoch)
@@ -194,6 +207,7 @@ class Engine:
                 self._after_epoch()
                 window.restart_clock()  # end-of-epoch evaluation and saving are not training time
         bar.close()
+        self._count_tokens()
         if state.last_eval_step != state.global_step:
             self._evaluate()
         return state
@@ -210,7 +224,7 @@ class Engine:
         local = torch.zeros((), device=acc.device)
         for i, batch in enumerate(batches):
             with acc.no_sync(self.model) if i < len(batches) - 1 else nullcontext():
-                loss, _ = self.forward(self.model, batch)
+                loss, _ = self.steps.forward(self.model, batch)
                 share = loss.share(totals)
                 acc.backward(share * acc.num_processes)
             local += share.detach().float()
@@ -222,31 +236,51 @@ class Engine:
         return local
 
     def _step_items(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Items per loss term in the whole step: this process's micro-batches, summed over the processes."""
-        counts = [self.count_items(batch) for batch in batches]
+        """Items per loss term in the whole step: this process's micro-batches, summed over the processes (in the
+        same collective, the step's real and computed tokens, added to `pending_tokens`)."""
+        counts = [self.steps.loss_items(batch) for batch in batches]
         names = sorted(counts[0])
-        local = torch.stack([sum(c[name] for c in counts).to(self.accelerator.device) for name in names])
-        return dict(zip(names, self.accelerator.reduce(local, "sum")))
+        device = self.accelerator.device
+        tokens = sum(self.steps.token_counts(batch).to(device) for batch in batches)
+        local = torch.cat([torch.stack([sum(c[name] for c in counts).to(device) for name in names]), tokens])
+        total = self.accelerator.reduce(local, "sum")
+        self.pending_tokens += total[len(names) :]
+        return dict(zip(names, total))
+
+    def _count_tokens(self) -> None:
+        """Move the tokens counted since the last call into the train state (one device-to-host copy)."""
+        real, computed = self.pending_tokens.tolist()
+        self.state.real_tokens += real
+        self.state.computed_tokens += computed
+        self.pending_tokens.zero_()
 
     def _examples(self, batches: list[dict[str, torch.Tensor]]) -> int:
         """Training examples in the step, every process counted (a packed batch is one row of several)."""
         local = sum(int(b["examples"]) if "examples" in b else len(b["input_ids"]) for b in batches)
         return local * self.accelerator.num_processes
 
-    def _after_step(self, window: _Window, bar: tqdm) -> None:
+    def _after_step(self, window: Window, bar: tqdm) -> None:
         state, spec = self.state, self.spec
         state.samples_seen += window.pending_samples
         state.train_seconds += window.take_time()
+        window.time_steps(state, self.total_steps)
         if state.global_step % spec.log_every == 0 or state.global_step == self.total_steps:
+            self._count_tokens()
             record = {
                 "step": state.global_step,
                 "epoch": round(state.global_step / self.steps_per_epoch, 4),
                 "loss": window.mean_loss(self.accelerator),
                 "lr": self.scheduler.get_last_lr()[0],
-                "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+                **throughput(state),
             }
             self.log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=record["samples_per_second"])
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{record['lr']:.2e}",
+                sps=record["samples_per_second"],
+                tps=record["tokens_per_second"],
+                pad=f"{record['padding_share']:.1%}",
+            )
             window.reset_loss()
         bar.update(1)
         evaluated = spec.eval_every != "epoch" and state.global_step % spec.eval_every == 0
@@ -319,6 +353,7 @@ class Engine:
     def _save_checkpoint(self) -> None:
         """Model, optimizer, scheduler, RNG states and the train state, written atomically."""
         acc, step = self.accelerator, self.state.global_step
+        self._count_tokens()
         root = self.run_dir / CHECKPOINTS
         final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
         if acc.is_main_process and tmp.exists():
@@ -384,32 +419,3 @@ def has_adapter(model: torch.nn.Module) -> bool:
 def save_options(model: torch.nn.Module) -> dict[str, bool]:
     """peft saves whole embedding matrices when the vocabulary grew; the added tokens' rows are in the adapter."""
     return {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
-
-
-class _Window:
-    """Loss and throughput since the last log line."""
-
-    def __init__(self) -> None:
-        self.loss_sum: torch.Tensor | float = 0.0  # this process's part of each step's loss, added
-        self.steps = 0
-        self.pending_samples = 0
-        self.clock = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, samples: int) -> None:
-        self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
-        self.pending_samples += samples
-
-    def take_time(self) -> float:
-        elapsed, self.pending_samples = time.perf_counter() - self.clock, 0
-        return elapsed
-
-    def restart_clock(self) -> None:
-        self.clock = time.perf_counter()
-
-    def mean_loss(self, accelerator: Accelerator) -> float:
-        """The steps' mean loss, every process's part added (every process must call it at the same step)."""
-        total = accelerator.reduce(torch.as_tensor(self.loss_sum, device=accelerator.device).float(), "sum")
-        return round(total.item() / max(self.steps, 1), 6)
-
-    def reset_loss(self) -> None:
-        self.loss_sum, self.steps = 0.0, 0

@@ -21,7 +21,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from finetune.losses import lm_targets, token_loss
+from finetune.lm_loss import causal_lm_loss
+from finetune.losses import lm_targets
 
 # GPT-1's special tokens, added to a decoder's tokenizer (and embeddings) when it lacks them.
 GPT1_TOKENS = {"start": "<|start|>", "delim": "<|delim|>", "extract": "<|extract|>"}
@@ -85,9 +86,8 @@ class ExtractTokenModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         lm = None
         if self.aux_lm_weight > 0:
-            output = self.lm(**inputs, output_hidden_states=True)
-            hidden = output.hidden_states[-1]  # (B, L, H)
-            lm = token_loss(output.logits, lm_targets(input_ids, attention_mask, lm_rows), shift=True, term="lm")
+            targets = lm_targets(input_ids, attention_mask, lm_rows)
+            lm, hidden = causal_lm_loss(self.lm, inputs, targets, term="lm", hidden=True)  # hidden (B, L, H)
         else:  # the decoder's body alone: no vocabulary-wide logits that no loss reads
             hidden = decoder_body(self.lm)(**inputs).last_hidden_state  # (B, L, H)
         positions = extract_positions(input_ids, self.extract_id)  # (B,)

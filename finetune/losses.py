@@ -63,16 +63,22 @@ def token_loss(
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
         segments = segments[:, 1:] if segments is not None else None
+    return targets_loss(logits[labels != IGNORE], labels, term, segments)
+
+
+def targets_loss(
+    logits: torch.Tensor, labels: torch.Tensor, term: str = "task", segments: torch.Tensor | None = None
+) -> Loss:
+    """`token_loss` from the logits of the labelled positions only (N, V), in row-major order of labels (B, T)."""
     b, t = labels.shape
-    losses = F.cross_entropy(
-        logits.float().reshape(b * t, -1), labels.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(b, t)  # (B, T)
     mask = labels != IGNORE
+    losses = F.cross_entropy(logits.float(), labels[mask], reduction="none")  # (N,)
     if segments is None:
         segments = torch.arange(b, device=labels.device).unsqueeze(1).expand(b, t)
     examples = int(segments.max()) + 1 if segments.numel() else 0
-    per_sum = torch.zeros(examples, device=labels.device).index_add_(0, segments[mask], losses[mask].detach())
-    per_items = torch.zeros(examples, device=labels.device).index_add_(0, segments[mask], mask[mask].float())
+    owners = segments[mask]
+    per_sum = torch.zeros(examples, device=labels.device).index_add_(0, owners, losses.detach())
+    per_items = torch.zeros(examples, device=labels.device).index_add_(0, owners, torch.ones_like(losses))
     return Loss({term: losses.sum()}, {term: mask.sum()}, (per_sum, per_items))
 
 

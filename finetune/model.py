@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from finetune.validate import Report
 
 log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokenizerBase:
@@ -99,15 +101,13 @@ def load_backbone(
             location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **head
         )
         model_class = AutoModelForCausalLM if task.gpt1_ids is not None else task.model_class
+        # the weights' type is the recipe's (transformers would keep a checkpoint's own, often bf16)
+        settings = {"dtype": DTYPES[spec.dtype], "trust_remote_code": spec.trust_remote_code, **attention(spec)}
         if spec.init == "random":
-            model = model_class.from_config(config, trust_remote_code=spec.trust_remote_code)
+            model = model_class.from_config(config, **settings)
         else:
             model = model_class.from_pretrained(
-                location,
-                config=config,
-                revision=spec.revision,
-                trust_remote_code=spec.trust_remote_code,
-                quantization_config=quantization,
+                location, config=config, revision=spec.revision, quantization_config=quantization, **settings
             )
     except (OSError, ValueError, ImportError) as exc:  # ImportError: a quantised base without bitsandbytes
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
@@ -128,6 +128,17 @@ def load_backbone(
         model.num_parameters() / 1e6,
     )
     return model
+
+
+def attention(spec: ModelSpec) -> dict[str, str]:
+    """The attention kernel the recipe asks for, as `from_pretrained` takes it (auto: transformers' choice)."""
+    if spec.attn_implementation == "auto":
+        return {}
+    if spec.attn_implementation == "flash_attention_2" and not (
+        torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
+    ):
+        raise FinetuneError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package")
+    return {"attn_implementation": spec.attn_implementation}
 
 
 def transformer_blocks(model: PreTrainedModel) -> dict[str, torch.nn.ModuleList]:

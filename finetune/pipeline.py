@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.adapters import check_quantization_device, is_adapter_dir
-from finetune.engine import Engine, make_accelerator
+from finetune.engine import Engine, make_accelerator, throughput
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
-from finetune.families import detect_family, read_config, resolve_head
+from finetune.families import PACKING_ISOLATED, detect_family, read_config, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, take_length_report, token_metrics, without_histograms
 from finetune.mirrors import base_record, resolve_model
@@ -68,7 +69,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)
         recipe, family = settle_architecture(recipe, report)
+        started = time.perf_counter()
         task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
+        data_seconds = time.perf_counter() - started
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
         recipe = _with_task(recipe, labels=task.labels)
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
@@ -89,8 +92,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         model,
         tokenizer,
         task.collator(tokenizer, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None),
-        task.forward,
-        task.loss_items,
+        task,
         tokenized["train"],
         tokenized["eval"],
         evaluator(
@@ -107,7 +109,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     metrics = {
         **engine.save_final(),
         "train_runtime_s": round(state.train_seconds, 2),
-        "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+        **{f"train_{name}": value for name, value in throughput(state).items()},
+        "train_real_tokens": state.real_tokens,
+        "train_computed_tokens": state.computed_tokens,
+        "data_seconds": round(data_seconds, 2),
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "best_step": state.best_step,
@@ -151,11 +156,15 @@ def evaluator(
 
 
 def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
-    """The checkpoint's family, and the recipe with `task.head: auto` resolved (written into recipe.yaml)."""
+    """The checkpoint's family, and the recipe with `task.head: auto` and `data.packing: auto` resolved (written
+    into recipe.yaml)."""
     family, model_type = resolve_architecture(recipe.model, report)
     problems = architecture_problems(recipe, family, model_type)
     if problems:
         raise FinetuneError(*problems)
+    if recipe.data.packing == "auto":
+        packing = recipe.task.generates and family == "decoder" and model_type in PACKING_ISOLATED
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": packing})})
     if recipe.task.generates:  # the model's own language-modelling head writes the text
         return recipe, family
     head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)

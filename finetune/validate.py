@@ -93,7 +93,7 @@ def _check_model(recipe: Recipe, report: Report) -> None:
             f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
         )
     data = recipe.data
-    if data.packing and report.family == "encoder-decoder":
+    if data.packing is True and report.family == "encoder-decoder":
         report.problems.append(
             f"data.packing: packs a decoder's sequences; {spec.name} is an encoder-decoder, whose batches are padded"
         )
@@ -166,7 +166,7 @@ def architecture_problems(recipe: Recipe, family: str, model_type: str | None) -
     """Packing needs an architecture that keeps packed examples apart; text_to_text needs an encoder-decoder; a
     task prefix needs text_to_text."""
     task = recipe.task
-    if recipe.data.packing and family == "decoder" and model_type not in PACKING_ISOLATED:
+    if recipe.data.packing is True and family == "decoder" and model_type not in PACKING_ISOLATED:
         return [
             f"data.packing: {model_type} ignores restarting positions, so packed examples would attend to each "
             "other; set data.packing: false"

@@ -43,6 +43,16 @@ def test_accumulated_micro_batches_equal_one_large_batch(case, request, tmp_path
     assert large.metrics["train_steps"] == accumulated.metrics["train_steps"] == 2
     difference, scale = max_difference(weights(large.run_dir), weights(accumulated.run_dir))
     assert difference <= TOLERANCE * scale
+    # the tokens counted in the batches trained on are those the length report counts in the tokenized split
+    # (text to text runs each source with each candidate target, and counts those rows); smaller batches pad
+    # less (each pads to its own longest sequence), never more
+    for metrics in (large.metrics, accumulated.metrics):
+        assert metrics["train_real_tokens"] > 0
+        assert case.name == "text-to-text" or metrics["train_real_tokens"] == metrics["train_tokens_kept"]
+        assert metrics["train_padding_share"] == round(
+            1 - metrics["train_real_tokens"] / metrics["train_computed_tokens"], 4
+        )
+    assert accumulated.metrics["train_computed_tokens"] <= large.metrics["train_computed_tokens"]
 
 
 @pytest.mark.parametrize("name", ["seq2seq-decoder", "instruction-decoder"])
@@ -50,12 +60,16 @@ def test_packed_batches_train_as_padded_ones(name, request, tmp_path, tmp_path_f
     """Packing changes the layout, not the loss: the same examples packed into one row train the same weights."""
     case = BY_NAME[name]
     model = case_model(case, request, tmp_path_factory)
-    padded = train(case.recipe(tmp_path, model, **PROPORTIONAL))
-    packed_recipe = case.recipe(tmp_path, model, **PROPORTIONAL)
-    packed_recipe["data"]["packing"] = True
-    packed = train(packed_recipe)
+    padded_recipe = case.recipe(tmp_path, model, **PROPORTIONAL)
+    padded_recipe["data"]["packing"] = False
+    padded = train(padded_recipe)
+    packed = train(case.recipe(tmp_path, model, **PROPORTIONAL))  # data.packing: auto packs on Llama
+    assert "packing: true" in (packed.run_dir / "recipe.yaml").read_text()
     difference, scale = max_difference(weights(padded.run_dir), weights(packed.run_dir))
     assert difference <= TOLERANCE * scale
+    assert packed.metrics["train_real_tokens"] == packed.metrics["train_computed_tokens"]  # no padding at all
+    assert packed.metrics["train_real_tokens"] == padded.metrics["train_real_tokens"]
+    assert padded.metrics["train_padding_share"] > 0
 
 
 @pytest.mark.parametrize("name", ["classification-encoder", "seq2seq-decoder"])

@@ -22,7 +22,14 @@ from finetune.engine import Engine
 from finetune.rundir import checkpoint_dirs
 
 # wall-clock and memory readings, which no two runs share
-TIMING = {"train_runtime_s", "train_samples_per_second", "peak_rss_mb", "peak_gpu_memory_mb"}
+TIMING = {
+    "train_runtime_s",
+    "train_samples_per_second",
+    "train_tokens_per_second",
+    "data_seconds",
+    "peak_rss_mb",
+    "peak_gpu_memory_mb",
+}
 SAME_FUNCTION = 1e-5  # logits of one function computed two ways in fp32 (merged weights round differently)
 
 
@@ -49,7 +56,7 @@ def crashing(original: Callable, when: Callable[..., bool]) -> Callable:
 def log_records(run_dir: Path) -> list[dict[str, Any]]:
     """log.jsonl without its throughput readings."""
     records = map(json.loads, (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines())
-    return [{k: v for k, v in r.items() if k != "samples_per_second"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("samples_per_second", "tokens_per_second")} for r in records]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -98,7 +105,7 @@ def test_adapter_reloaded_and_merged_predicts_as_the_trained_model(name, request
 
     def predict_then_save(self: Engine) -> dict[str, float]:
         trained["batch"] = next(iter(self.eval_loader))
-        trained["logits"] = logits(self.accelerator.unwrap_model(self.model), self.forward, trained["batch"])
+        trained["logits"] = logits(self.accelerator.unwrap_model(self.model), self.steps.forward, trained["batch"])
         return save_final(self)
 
     monkeypatch.setattr(Engine, "save_final", predict_then_save)

@@ -8,10 +8,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from finetune.families import DECODER_TYPES, PACKING_ISOLATED
+from finetune.losses import token_loss
+from finetune.pipeline import settle_architecture
 from finetune.recipe import validate_dict
 from finetune.tasks import build_task
 from finetune.tasks.seq2seq import GenerationCollator, PackingCollator
-from finetune.validate import architecture_problems
+from finetune.validate import Report, architecture_problems
 
 SIZES = {  # every architecture's own names for the sizes; each config takes those it has
     "vocab_size": 64,
@@ -80,9 +82,14 @@ def test_packed_examples_equal_each_example_alone_or_packing_is_refused(model_ty
         for p, t in EXAMPLES
     ]
     model = tiny_decoder(model_type)
+    padded_batch, packed_batch = GenerationCollator(0, decoder=True)(features), PackingCollator(0)(features)
     with torch.no_grad():
-        padded_loss, padded = task.forward(model, GenerationCollator(0, decoder=True)(features))  # (B, L, V)
-        packed_loss, packed = task.forward(model, PackingCollator(0)(features))  # (1, T, V)
+        padded_loss, _ = task.forward(model, padded_batch)
+        packed_loss, _ = task.forward(model, packed_batch)
+        padded = model(input_ids=padded_batch["input_ids"], attention_mask=padded_batch["attention_mask"]).logits
+        packed = model(
+            input_ids=packed_batch["input_ids"], position_ids=packed_batch["position_ids"], use_cache=False
+        ).logits
     starts = [0, *torch.tensor([len(f["input_ids"]) for f in features]).cumsum(0).tolist()]
     difference = max(
         float((packed[0, a:b] - padded[i, : b - a]).abs().max()) for i, (a, b) in enumerate(zip(starts, starts[1:]))
@@ -99,3 +106,41 @@ def test_packed_examples_equal_each_example_alone_or_packing_is_refused(model_ty
             f"data.packing: {model_type} ignores restarting positions, so packed examples would attend to each "
             "other; set data.packing: false"
         ]
+
+
+@pytest.mark.parametrize("model_type", sorted(DECODER_TYPES))
+def test_the_loss_from_target_logits_only_equals_the_full_logits_loss(model_type):
+    """The decoder's loss asks the model for the logits of the predicting positions only (`logits_to_keep`);
+    on every listed architecture it equals cross-entropy over the full logits, example by example."""
+    _, task = seq2seq_task()
+    features = [
+        {"input_ids": p + t, "attention_mask": [1] * len(p + t), "labels": [-100] * len(p) + t, "prompt_length": len(p)}
+        for p, t in EXAMPLES
+    ]
+    model = tiny_decoder(model_type)
+    batch = GenerationCollator(0, decoder=True)(features)
+    with torch.no_grad():
+        loss, _ = task.forward(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
+    expected = token_loss(full, batch["labels"], shift=True)
+    assert torch.equal(loss.items["task"], expected.items["task"]) and int(loss.items["task"]) == 9
+    assert torch.allclose(loss.sums["task"], expected.sums["task"], rtol=1e-6, atol=0)
+    assert torch.allclose(loss.per_example[0], expected.per_example[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("family", "model_type", "packs"),
+    [
+        ("decoder", "llama", True),
+        ("decoder", "gpt2", True),
+        ("decoder", "opt", False),
+        ("encoder-decoder", "t5", False),
+    ],
+)
+def test_packing_auto_packs_where_the_architecture_keeps_examples_apart(family, model_type, packs):
+    """The default, data.packing: auto, settles to true on a proven decoder and to false elsewhere (and the run's
+    recipe.yaml records the value settled)."""
+    recipe, _ = seq2seq_task()
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": "auto"})})
+    settled, _ = settle_architecture(recipe, Report(family=family, model_type=model_type))
+    assert settled.data.packing is packs

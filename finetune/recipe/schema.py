@@ -96,6 +96,16 @@ class ModelSpec(Section):
         description="Keep only the first N pretrained transformer blocks of each stack (an encoder-decoder's encoder "
         "and decoder alike); the later ones start from fresh weights. N may not exceed the shallowest stack.",
     )
+    dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="The weights' type in memory. bf16 halves them (a LoRA or QLoRA base, or a full fine-tune "
+        "trained in bf16 throughout, without fp32 master weights); train.precision sets the compute type.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel: auto is transformers' choice for the model (sdpa where it has it); "
+        "flash_attention_2 needs the flash-attn package and a GPU.",
+    )
 
     @model_validator(mode="after")
     def _layers_need_pretraining(self) -> ModelSpec:
@@ -515,10 +525,11 @@ class DataSpec(Section):
         description="instruction: the evaluation sources (held-out tasks, judged zero-shot per task); default "
         "data.eval_split of each training source.",
     )
-    packing: bool = Field(
-        False,
+    packing: bool | Literal["auto"] = Field(
+        "auto",
         description="Decoders: each batch's examples packed into one sequence without padding, positions restarting "
-        "per example so that none attends to another (transformers' padding-free collation).",
+        "per example so that none attends to another (transformers' padding-free collation). auto packs seq2seq "
+        "and instruction examples on the architectures proven to keep them apart (the run's recipe.yaml says which).",
     )
 
     @model_validator(mode="after")
@@ -573,7 +584,20 @@ class TrainSpec(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Mixed precision; bf16 needs a CPU or GPU with bf16, fp16 a GPU."
     )
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="adamw: torch's fused AdamW; adamw_8bit: bitsandbytes' AdamW with 8-bit states (a quarter of "
+        "its memory); paged_adamw_8bit: those states in CUDA unified memory, paged to the CPU under pressure.",
+    )
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning rate after warmup: linear or cosine decay to zero, or constant."
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (shapes dynamic): pays back its compilation minutes on long GPU runs; "
+        "slower on CPU.",
+    )
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding, faster epochs)."
     )
@@ -735,7 +759,7 @@ class Recipe(Section):
             if self.data.mixture is not None:
                 raise ValueError(f"data.mixture: only task type instruction reads a mixture, not {self.task.type}")
             raise ValueError("data.mixture: task type instruction reads its sources from data.mixture")
-        if self.data.packing and not self.task.generates:
+        if self.data.packing is True and not self.task.generates:
             raise ValueError("data.packing: packs seq2seq and instruction examples for decoders")
         return self
 

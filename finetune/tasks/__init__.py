@@ -39,7 +39,7 @@ def prepare_task(
     task = build_task(recipe.task, labels)
     task.family = family
     task.max_target_length = recipe.data.max_target_length
-    task.packing = recipe.data.packing
+    task.packing = recipe.data.packing is True  # "auto" is settled with the architecture
     if tokenizer is not None:
         task.prepare_tokenizer(tokenizer)
     return task

@@ -162,6 +162,15 @@ class Task:
             items["lm"] = count_targets(targets, shift=True)
         return items
 
+    def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(2,): the batch's real tokens and the tokens the model computes, padding included (a packed batch has
+        none; a group's padding candidates repeat its first sequence and count as padding)."""
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        real = mask if mask is not None else torch.ones_like(ids)
+        if "choice_mask" in batch:  # (B, k, L) groups
+            real = real * batch["choice_mask"].unsqueeze(-1)
+        return torch.stack([real.sum(), torch.tensor(ids.numel(), device=ids.device)])
+
     def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The task loss of each example (B,)."""
         return F.cross_entropy(logits, labels.long(), reduction="none")

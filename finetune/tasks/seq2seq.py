@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from finetune.fields import get_field, references_of, source_of, texts_of
+from finetune.lm_loss import causal_lm_loss
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
 from finetune.recipe.schema import GenerationSpec
 from finetune.tasks.base import TOTAL_LENGTH, Task, batch_rows
@@ -163,20 +164,30 @@ class Seq2Seq(Task):
         """The target tokens the loss reads (a decoder's first position predicts nothing)."""
         return {"task": count_targets(batch["labels"], shift=self.family == "decoder")}
 
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss | None, torch.Tensor]:
-        """The cross-entropy summed over the target tokens, and the logits."""
-        labels, segments = batch.get("labels"), None
-        if "position_ids" in batch:  # packed: positions restarting per example make the causal mask block-diagonal
-            # (transformers builds it only without an attention mask and without a cache)
-            output = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-            segments = packed_segments(batch["position_ids"])
-        elif self.family == "decoder":
-            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        else:  # the labels give the decoder its inputs (shifted right)
-            output = model(**{key: batch[key] for key in ("input_ids", "attention_mask", "labels") if key in batch})
-        if labels is None:
-            return None, output.logits
-        return token_loss(output.logits, labels, shift=self.family == "decoder", segments=segments), output.logits
+    def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The inputs' tokens and, for an encoder-decoder, the decoder's (its targets)."""
+        counts = super().token_counts(batch)
+        if self.family == "decoder":  # the targets are part of the inputs
+            return counts
+        labels = batch["labels"]
+        return counts + torch.stack([labels.ne(IGNORE).sum(), torch.tensor(labels.numel(), device=labels.device)])
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss, torch.Tensor | None]:
+        """The cross-entropy summed over the target tokens, and an encoder-decoder's logits (None for a decoder:
+        its logits are made for the target positions only)."""
+        labels, segments = batch["labels"], None
+        if self.family == "decoder":
+            if "position_ids" in batch:  # packed: positions restarting per example make the causal mask
+                # block-diagonal (transformers builds it only without an attention mask and without a cache)
+                inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+                segments = packed_segments(batch["position_ids"])
+            else:
+                inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            return causal_lm_loss(model, inputs, labels, segments=segments)
+        # the decoder reads the labels shifted right, given as its inputs: the model's own loss is not needed
+        starts = getattr(model, "module", model).prepare_decoder_input_ids_from_labels(labels=labels)
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=starts)
+        return token_loss(output.logits, labels, shift=False), output.logits
 
     @torch.no_grad()
     def generate(

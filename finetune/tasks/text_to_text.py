@@ -100,6 +100,13 @@ class TextToText(Task):
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> TextToTextCollator:
         return TextToTextCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
+    def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each (source, target) pair is a row: the sources once per candidate, the targets once per source."""
+        sources, targets = batch["input_ids"], batch["target_ids"]  # (B, S, L), (B, k, T)
+        (s, k), candidates = (sources.shape[1], targets.shape[1]), batch["choice_mask"].sum(-1)  # (B,)
+        real = (batch["attention_mask"].sum((1, 2)) * candidates).sum() + batch["target_mask"].sum() * s
+        return torch.stack([real, torch.tensor(sources.numel() * k + targets.numel() * s, device=sources.device)])
+
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Loss | None, torch.Tensor]:
         sources, source_mask = batch["input_ids"], batch["attention_mask"]  # (B, S, L)
         targets, target_mask = batch["target_ids"], batch["target_mask"]  # (B, k, T)

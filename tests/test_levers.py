@@ -1,0 +1,84 @@
+"""Speed and memory switches of a recipe: each does what it says, and the defaults keep the results exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+from test_training import tiny_recipe
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_weights_train_in_the_recipes_dtype_whatever_the_checkpoint_holds(tmp_path, tiny_bert, sst2_rows):
+    """transformers 5 loads a checkpoint in its stored dtype; a bf16 checkpoint must still train in fp32 unless the
+    recipe says model.dtype: bf16 (then the weights are bf16 in memory and on disk)."""
+    from transformers import AutoModel
+
+    stored = tmp_path / "bf16-checkpoint"
+    AutoModel.from_pretrained(tiny_bert).to(torch.bfloat16).save_pretrained(stored)
+    for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        if (tiny_bert / name).is_file():
+            shutil.copy(tiny_bert / name, stored / name)
+    recipe = tiny_recipe(tmp_path, stored, sst2_rows, epochs=1)
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'fp32'}").exit_code == 0
+    assert run_cli("train", recipe, "model.dtype=bf16", f"output_dir={tmp_path / 'bf16'}").exit_code == 0
+    assert {t.dtype for t in load_file(tmp_path / "fp32" / "model.safetensors").values()} == {torch.float32}
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
+
+
+def test_schedules_follow_their_formulas(tmp_path, tiny_bert, sst2_rows):
+    """2 warmup steps of 8, then linear, cosine or constant; the logged lr of every step is the formula's."""
+    peak, warmup, total = 1e-3, 2, 8
+    expected = {
+        "linear": lambda s: peak * (total - s) / (total - warmup),
+        "cosine": lambda s: peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))),
+        "constant": lambda s: peak,
+    }
+    for name, formula in expected.items():
+        run = tmp_path / name
+        recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, max_steps=total, warmup=warmup, log_every=1)
+        assert run_cli("train", recipe, f"train.schedule={name}", f"output_dir={run}").exit_code == 0
+        logged = {r["step"]: r["lr"] for r in _log(run) if "lr" in r}
+        # the lr logged after step s is the one step s + 1 uses: warmup rises to the peak, then the schedule
+        for step, lr in logged.items():
+            want = peak * step / warmup if step < warmup else formula(step)
+            assert math.isclose(lr, want, rel_tol=1e-9, abs_tol=1e-12), (name, step, lr, want)
+
+
+def test_8bit_adamw_keeps_8bit_states_and_trains(tmp_path, tiny_bert, sst2_rows):
+    """bitsandbytes' AdamW8bit (on CPU here): the moments of its large tensors are uint8 in the checkpoint, and it
+    learns."""
+    run = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, save_every=40)  # 30 epochs, as the overfit test
+    assert run_cli("train", recipe, "train.optimizer=adamw_8bit", f"output_dir={run}").exit_code == 0
+    state = torch.load(next((run / "checkpoints").glob("step-*")) / "optimizer.bin", weights_only=False)["state"]
+    quantized = [v["__bnb_optimizer_quant_state__"] for v in state.values() if "__bnb_optimizer_quant_state__" in v]
+    largest = max(quantized, key=lambda q: q["state1"].numel())  # the word embeddings (small tensors stay fp32)
+    assert largest["state1"].dtype == largest["state2"].dtype == torch.uint8
+    losses = [r["loss"] for r in _log(run) if "loss" in r]
+    assert losses[-1] < losses[0] / 4
+
+
+def test_attention_implementations_give_the_same_run(tmp_path, tiny_bert, sst2_rows):
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
+    for kernel in ("eager", "sdpa"):
+        assert (
+            run_cli("train", recipe, f"model.attn_implementation={kernel}", f"output_dir={tmp_path / kernel}").exit_code
+            == 0
+        )
+    eager, sdpa = (
+        load_file(tmp_path / "eager" / "model.safetensors"),
+        load_file(tmp_path / "sdpa" / "model.safetensors"),
+    )
+    assert max(float((eager[k] - sdpa[k]).abs().max()) for k in eager) < 1e-5
+    initial = load_file(tiny_bert / "model.safetensors")
+    trained = {k.removeprefix("bert."): v for k, v in eager.items()}
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial if k in trained) > 1e-3  # it trained
