@@ -118,8 +118,8 @@ class Engine:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
-        if self.spec.compile:
-            self.model = torch.compile(self.model, dynamic=True)
+        if self.spec.compile:  # in place: the module (and the names of its weights) stays the same
+            self.model.compile(dynamic=True)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
         self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
         self.scheduler = self._setup_scheduler(self.optimizer)

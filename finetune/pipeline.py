@@ -91,7 +91,11 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     engine.setup(
         model,
         tokenizer,
-        task.collator(tokenizer, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None),
+        # multiples of 8 feed a GPU's tensor cores in half precision; on a CPU they are only more padding
+        task.collator(
+            tokenizer,
+            pad_to_multiple_of=8 if accelerator.mixed_precision != "no" and accelerator.device.type == "cuda" else None,
+        ),
         task,
         tokenized["train"],
         tokenized["eval"],

@@ -82,3 +82,25 @@ def test_attention_implementations_give_the_same_run(tmp_path, tiny_bert, sst2_r
     initial = load_file(tiny_bert / "model.safetensors")
     trained = {k.removeprefix("bert."): v for k, v in eager.items()}
     assert max(float((trained[k] - initial[k]).abs().max()) for k in initial if k in trained) > 1e-3  # it trained
+
+
+def test_compiled_model_trains_and_saves_as_the_plain_one(tmp_path, tiny_bert, sst2_rows, monkeypatch):
+    """train.compile: the step runs through torch.compile's wrapper (here its eager backend: the graph capture
+    without minutes of kernel generation) and the run folder holds the plain model, trained alike."""
+    import finetune.engine
+
+    compiled, original = [], torch.compile
+
+    def compile_eagerly(call, **settings):
+        compiled.append(settings)
+        return original(call, backend="eager", **settings)
+
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'plain'}").exit_code == 0
+    monkeypatch.setattr(finetune.engine.torch, "compile", compile_eagerly)
+    assert run_cli("train", recipe, "train.compile=true", f"output_dir={tmp_path / 'compiled'}").exit_code == 0
+    assert compiled == [{"dynamic": True}]
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    trained = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert plain.keys() == trained.keys()  # no wrapper's prefix in the names
+    assert max(float((plain[k] - trained[k]).abs().max()) for k in plain) < 1e-5
