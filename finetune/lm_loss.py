@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from finetune.families import DECODER_TYPES
-from finetune.losses import IGNORE, Loss, targets_loss, token_loss
+from finetune.losses import IGNORE, Loss, targets_loss
 
 
 def causal_lm_loss(
@@ -37,8 +37,8 @@ def causal_lm_loss(
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = shifted != IGNORE
         output = lm(**inputs, logits_to_keep=keep, output_hidden_states=hidden)
-        loss = targets_loss(output.logits, shifted, term, segments)  # logits (N, V)
+        logits = output.logits  # (N, V)
     else:
         output = lm(**inputs, output_hidden_states=hidden)
-        loss = token_loss(output.logits[:, :-1], shifted, shift=False, term=term, segments=segments)
-    return loss, (output.hidden_states[-1] if hidden else None)
+        logits = output.logits[:, :-1][shifted != IGNORE]
+    return targets_loss(logits, shifted, term, segments), (output.hidden_states[-1] if hidden else None)
