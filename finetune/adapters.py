@@ -17,6 +17,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from finetune.errors import FinetuneError, first_line
+from finetune.lora_dropout import fuse_lora_dropout
 from finetune.recipe.schema import PeftSpec, QuantizeSpec
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def add_lora(
         model = get_peft_model(model, config)
     except ValueError as exc:  # e.g. modules_to_save naming a layer that also gets an adapter
         raise FinetuneError(f"peft: {first_line(exc)}") from None
+    fuse_lora_dropout(model)
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "LoRA r=%d on %s: %s of %s parameters train (%.2f%%)",

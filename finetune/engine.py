@@ -19,7 +19,6 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset
 from peft import PeftModel
@@ -33,7 +32,6 @@ from transformers import (
 )
 
 from finetune.batching import EpochSampler, chunks, example_length
-from finetune.errors import FinetuneError
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.progress import TrainState, Window, throughput
@@ -62,26 +60,6 @@ class Steps(Protocol):
 
     def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(2,): the batch's real tokens and the tokens computed, padding included."""
-
-
-def make_accelerator(spec: TrainSpec) -> Accelerator:
-    """An Accelerator for this machine; refuses a precision the hardware lacks."""
-    check_precision(spec.precision)
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[spec.precision]
-    # A second run in the same process (notebooks, tests) may ask for another precision; the
-    # distributed state (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    # cpu=True on a machine without an accelerator lets several launched processes form a gloo group.
-    # Accumulation is the engine's own (a step's loss is divided by the step's items, not by grad_accum).
-    return Accelerator(mixed_precision=precision, cpu=not torch.accelerator.is_available())
-
-
-def check_precision(precision: str) -> None:
-    """Is this precision available here? (The recipe itself is valid either way.)"""
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise FinetuneError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
-    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise FinetuneError("train.precision: this GPU has no bf16; use fp16 or fp32")
 
 
 class Engine:

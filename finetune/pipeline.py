@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune import data
+from finetune.accelerator import make_accelerator, settle_precision
 from finetune.adapters import check_quantization_device, is_adapter_dir
-from finetune.engine import Engine, make_accelerator, throughput
+from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
@@ -65,6 +66,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         log.info("note: %s", note)
     if recipe.quantize is not None:
         check_quantization_device()
+    if recipe.train.precision == "auto":  # settled here so that recipe.yaml records what ran
+        precision = settle_precision("auto")
+        log.info("train.precision: %s (auto, on this machine)", precision)
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": precision})})
     accelerator = make_accelerator(recipe.train)
     with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
         tokenizer = load_tokenizer(recipe.model, report.model)

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from finetune import data
-from finetune.engine import make_accelerator
+from finetune.accelerator import make_accelerator
 from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint

@@ -252,3 +252,58 @@ def test_a_4bit_adapter_run_resumes_to_the_same_adapter(tmp_path, tiny_bert_64, 
     weights = [load_file(tmp_path / run / "adapter_model.safetensors") for run in ("full", "cut")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def _lora_llama(dropout: float):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    # init_lora_weights=False: B starts non-zero, so A's gradients (where the dropout enters) are not all zero
+    lora = LoraConfig(r=4, lora_dropout=dropout, init_lora_weights=False, target_modules="all-linear")
+    return get_peft_model(LlamaForCausalLM(config), lora)
+
+
+def _step(model, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Loss, LoRA gradients and the bytes autograd saves for backward (each storage once, parameters not
+    counted: they are held anyway), with seed 5."""
+    saved: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(5)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, sum(saved.values())
+
+
+def test_fused_lora_dropout_is_peft_dropout_with_a_one_byte_mask():
+    """Fused, LoRA's dropout gives peft's loss and gradients bit for bit (the same draws on a CPU), and backward
+    keeps what it keeps without dropout plus one bool mask per adapted projection's input: not the dropped copies."""
+    from finetune.lora_dropout import DroppedLinear, fuse_lora_dropout
+
+    ids = torch.randint(0, 64, (2, 12))
+    peft_loss, peft_grads, peft_bytes = _step(_lora_llama(0.2), ids)
+    fused = _lora_llama(0.2)
+    assert fuse_lora_dropout(fused) == 14  # 7 projections x 2 layers
+    loss, grads, fused_bytes = _step(fused, ids)
+    assert torch.equal(loss, peft_loss)
+    assert peft_grads.keys() == grads.keys() and all(torch.equal(peft_grads[n], g) for n, g in grads.items())
+    _, _, plain_bytes = _step(_lora_llama(0.0), ids)
+    masks = sum(2 * 12 * m.in_features for m in fused.modules() if isinstance(m, DroppedLinear))  # bool: 1 byte
+    assert fused_bytes == plain_bytes + masks
+    assert peft_bytes > fused_bytes + 4 * masks  # peft keeps at least a float copy of each dropped input
+    fused.eval()
+    with torch.no_grad():  # no dropout in evaluation
+        assert torch.equal(fused(input_ids=ids).logits, fused(input_ids=ids).logits)

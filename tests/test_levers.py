@@ -67,13 +67,18 @@ def test_8bit_adamw_keeps_8bit_states_and_trains(tmp_path, tiny_bert, sst2_rows)
     assert losses[-1] < losses[0] / 4
 
 
-def test_attention_implementations_give_the_same_run(tmp_path, tiny_bert, sst2_rows):
+def test_attention_implementations_give_the_same_run(tmp_path, tiny_bert, sst2_rows, monkeypatch):
+    """eager and sdpa each run (sdpa's kernel is called only under sdpa) and train the same weights."""
+    calls, sdpa_kernel = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa_kernel(*a, **kw)
+    )
     recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
     for kernel in ("eager", "sdpa"):
-        assert (
-            run_cli("train", recipe, f"model.attn_implementation={kernel}", f"output_dir={tmp_path / kernel}").exit_code
-            == 0
-        )
+        calls.clear()
+        args = (recipe, f"model.attn_implementation={kernel}", f"output_dir={tmp_path / kernel}")
+        assert run_cli("train", *args).exit_code == 0
+        assert bool(calls) == (kernel == "sdpa"), kernel
     eager, sdpa = (
         load_file(tmp_path / "eager" / "model.safetensors"),
         load_file(tmp_path / "sdpa" / "model.safetensors"),
@@ -104,3 +109,36 @@ def test_compiled_model_trains_and_saves_as_the_plain_one(tmp_path, tiny_bert, s
     trained = load_file(tmp_path / "compiled" / "model.safetensors")
     assert plain.keys() == trained.keys()  # no wrapper's prefix in the names
     assert max(float((plain[k] - trained[k]).abs().max()) for k in plain) < 1e-5
+
+
+def test_precision_auto_is_settled_by_the_hardware_and_recorded(tmp_path, tiny_bert, sst2_rows, monkeypatch):
+    """train.precision: auto trains in bf16 where the hardware has native bf16 and in fp32 where it has not; the
+    run's recipe.yaml and log name what ran."""
+    import yaml
+
+    from finetune import accelerator
+
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, max_steps=2)
+    seen = []
+    made = accelerator.Accelerator
+    monkeypatch.setattr(accelerator, "Accelerator", lambda **kw: seen.append(kw["mixed_precision"]) or made(**kw))
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(accelerator, "native_bf16", lambda native=native: native)
+        run = tmp_path / want
+        assert run_cli("train", recipe, "train.precision=auto", f"output_dir={run}").exit_code == 0
+        assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["precision"] == want
+        assert seen.pop() == accelerator.MIXED_PRECISION[want]
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
+    """On a CPU machine the answer is the AVX512-BF16 or AMX-BF16 flag, not torch's bf16 check (which emulation
+    passes)."""
+    from finetune import accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(accelerator, "Path", lambda _: cpuinfo)
+    for flags, want in (("avx512f avx512bw avx512_vnni", False), ("avx512bw avx512_bf16", True), ("amx_bf16", True)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        assert accelerator.native_bf16() is want, flags

@@ -581,8 +581,11 @@ class TrainSpec(Section):
         0.06, description="Linear warmup: below 1 a share of the total steps, from 1 up a number of steps."
     )
     max_grad_norm: NonNegativeFloat = Field(1.0, description="Clip the gradient norm to this; 0 turns clipping off.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Mixed precision; bf16 needs a CPU or GPU with bf16, fp16 a GPU."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Mixed precision; bf16 needs a CPU or GPU with bf16, fp16 a GPU. auto: bf16 where the hardware "
+        "computes it natively (a GPU with bf16 units; a CPU with AVX512-BF16 or AMX), else fp32; recipe.yaml records "
+        "the choice.",
     )
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw",
