@@ -8,21 +8,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
 from finetune.errors import FinetuneError, first_line
+from finetune.loaded_run import LoadedRun, load_run
 from finetune.mirrors import PACKAGED, base_record, resolve_model
 from finetune.plots import PLOT_FILE
 from finetune.recipe import Recipe, dump_recipe, load_recipe
 from finetune.recipe.schema import HubSpec
 from finetune.rundir import BASE_FILE, METRICS_FILE, find_recipe, write_recipe
 from finetune.tasks import Task
-
-if TYPE_CHECKING:
-    from finetune.pipeline import LoadedRun
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +194,6 @@ def merge_run(run_dir: Path, out_dir: Path) -> Path:
         raise FinetuneError(f"{run_dir}: no adapter here ({ADAPTER_CONFIG} missing); only LoRA runs are merged")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FinetuneError(f"{out_dir}: not empty; merge writes a fresh folder")
-    from finetune.pipeline import load_run
-
     run = load_run(run_dir, dequantize=True, prepare=False)
     merged = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
     if hasattr(merged, "lm") and hasattr(merged.lm, "merge_and_unload"):  # a decoder's head around the adapter
@@ -257,8 +253,6 @@ def _kind(folder: Path, merged: bool) -> str:
 
 def _check_loads(folder: Path) -> LoadedRun:
     """The folder loaded as `finetune eval` loads it (on the CPU, outside any process group)."""
-    from finetune.pipeline import load_run
-
     try:
         return load_run(folder, prepare=False)
     except FinetuneError as exc:

@@ -13,27 +13,27 @@ from typing import Any
 
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.accelerator import make_accelerator, settle_precision
-from finetune.adapters import check_quantization_device, is_adapter_dir
+from finetune.adapters import check_quantization_device
 from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
-from finetune.families import PACKING_ISOLATED, detect_family, read_config, resolve_head
+from finetune.families import PACKING_ISOLATED, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, take_length_report, token_metrics, without_histograms
-from finetune.mirrors import base_record, resolve_model
-from finetune.model import build_model, load_adapter, load_finetuned, load_tokenizer, resolve_architecture
+from finetune.loaded_run import load_run
+from finetune.mirrors import base_record
+from finetune.model import build_model, load_tokenizer, resolve_architecture
 from finetune.plots import plot_training
-from finetune.recipe import Recipe, load_recipe
+from finetune.recipe import Recipe
 from finetune.recipe.schema import ReaderSpec
 from finetune.rundir import (
     METRICS_FILE,
     choose_run_dir,
-    find_recipe,
     latest_checkpoint,
     warn_if_changed,
     write_json,
@@ -216,52 +216,6 @@ def tokenize_splits(
     """Tokenized splits without skipped rows, and their length report (seq2seq; empty for other tasks)."""
     tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
     return take_length_report(tokenized, task, recipe.data.max_length)
-
-
-@dataclass
-class LoadedRun:
-    """A finished run (or checkpoint) ready to score: its recipe, task, tokenizer and prepared model."""
-
-    recipe: Recipe
-    task: Task
-    tokenizer: PreTrainedTokenizerBase
-    model: Any
-    accelerator: Any
-
-    def loader(self, features: Any) -> DataLoader:
-        collator = self.task.collator(self.tokenizer, pad_to_multiple_of=None)
-        loader = DataLoader(features, batch_size=self.recipe.train.eval_batch_size, collate_fn=collator)
-        return self.accelerator.prepare(loader)
-
-
-def load_run(folder: Path, dequantize: bool = False, prepare: bool = True) -> LoadedRun:
-    """Load a run folder or one of its checkpoints onto this machine's device (an adapter run's 4/8-bit base
-    in full precision with `dequantize`; left on the CPU, with no accelerator, without `prepare`)."""
-    recipe = load_recipe(find_recipe(folder))
-    if is_adapter_dir(folder):
-        task, tokenizer, model = _load_adapter_run(recipe, folder, dequantize)
-    else:
-        family = detect_family(read_config(folder)) if recipe.model.family == "auto" else recipe.model.family
-        model, tokenizer = load_finetuned(str(folder), prepare_task(recipe, None, family).model_class)
-        labels = None
-        if recipe.task.has_classes:
-            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        # GPT-1's tokens and the pad token are already in the saved tokenizer: this only looks their ids up
-        task = prepare_task(recipe, labels, family, tokenizer)
-    if not prepare:
-        return LoadedRun(recipe, task, tokenizer, model.eval(), None)
-    accelerator = make_accelerator(recipe.train.model_copy(update={"grad_accum": 1}))
-    return LoadedRun(recipe, task, tokenizer, accelerator.prepare(model), accelerator)
-
-
-def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[Task, PreTrainedTokenizerBase, Any]:
-    """An adapter run: its base checkpoint, built as in training, with the saved adapter and head."""
-    resolved = resolve_model(recipe.model.name)
-    known = None if recipe.model.family == "auto" else recipe.model.family
-    family, _ = resolve_architecture(recipe.model, Report(model=resolved, family=known))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    task = prepare_task(recipe, recipe.task.labels, family, tokenizer)
-    return task, tokenizer, load_adapter(recipe, resolved, task, tokenizer, folder, dequantize)
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:

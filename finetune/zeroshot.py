@@ -28,9 +28,10 @@ from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.gguf_models import local_checkpoint
 from finetune.labels import label_id
+from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
-from finetune.pipeline import LoadedRun, evaluator, settle_architecture, tokenize_splits
+from finetune.pipeline import evaluator, settle_architecture, tokenize_splits
 from finetune.recipe import Recipe
 from finetune.tasks import prepare_task
 from finetune.validate import Report, check

@@ -16,9 +16,9 @@ from hub_server import HubStandIn
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from finetune.loaded_run import load_run
 from finetune.mirrors import resolve_model
 from finetune.model import build_model
-from finetune.pipeline import load_run
 from finetune.tasks import build_task
 
 TOKEN = "hf_testtoken_0123456789abcdef"

@@ -12,26 +12,23 @@ from finetune.recipe import validate_dict
 from finetune.tasks import build_task
 
 
-def decoder_task(**task):
+def decoder_task(tokenizer=None, **task):
+    """The task on a decoder whose tokenizer gets GPT-1's tokens; without a tokenizer, as for an encoder."""
     spec = validate_dict({"model": MINILM, "task": task, "data": {"files": {"train": "t.csv", "validation": "v.csv"}}})
-    built = build_task(spec.task, spec.task.labels)
-    return built
+    return build_task(spec.task, spec.task.labels, "decoder" if tokenizer else "encoder", tokenizer=tokenizer)
 
 
 def test_gpt1_layouts_for_decoders(tiny_gpt2):
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
-    ids = add_gpt1_tokens(tokenizer)
     start, delim, extract = GPT1_TOKENS["start"], GPT1_TOKENS["delim"], GPT1_TOKENS["extract"]
 
     def tokens(features, index=0):
         return tokenizer.convert_ids_to_tokens(features["input_ids"][index])
 
-    task = decoder_task(type="classification", text_a="s", labels=["no", "yes"])
-    task.gpt1_ids = ids
+    task = decoder_task(tokenizer, type="classification", text_a="s", labels=["no", "yes"])
     assert tokens(task.format({"s": ["a fine film"]}, tokenizer, 32)) == [start, "a", "fine", "film", extract]
 
-    task = decoder_task(type="entailment", text_a="p", text_b="h", labels=["no", "yes"])
-    task.gpt1_ids = ids
+    task = decoder_task(tokenizer, type="entailment", text_a="p", text_b="h", labels=["no", "yes"])
     assert tokens(task.format({"p": ["it rains"], "h": ["it is wet"]}, tokenizer, 32)) == [
         start,
         "it",
@@ -43,24 +40,23 @@ def test_gpt1_layouts_for_decoders(tiny_gpt2):
         extract,
     ]
 
-    task = decoder_task(type="similarity", text_a="a", text_b="b", target="score")
-    task.gpt1_ids = ids
+    task = decoder_task(tokenizer, type="similarity", text_a="a", text_b="b", target="score")
     both = task.format({"a": ["red car"], "b": ["blue bus"]}, tokenizer, 32)["input_ids"][0]
     assert [tokenizer.convert_ids_to_tokens(x) for x in both] == [
         [start, "red", "car", delim, "blue", "bus", extract],
         [start, "blue", "bus", delim, "red", "car", extract],
     ]
 
-    task = decoder_task(type="multiple_choice", context="q", choices=["c1", "c2"])
-    task.gpt1_ids = ids
+    task = decoder_task(tokenizer, type="multiple_choice", context="q", choices=["c1", "c2"])
     candidates = task.format({"q": ["sky is"], "c1": ["blue"], "c2": ["green"]}, tokenizer, 32)["input_ids"][0]
     assert [tokenizer.convert_ids_to_tokens(x) for x in candidates] == [
         [start, "sky", "is", delim, "blue", extract],
         [start, "sky", "is", delim, "green", extract],
     ]
 
+    # truncated, [extract] kept
     long = task.encode(tokenizer, 8, "one two three four five six", "seven eight")
-    assert len(long["input_ids"]) == 8 and long["input_ids"][-1] == ids["extract"]  # truncated, [extract] kept
+    assert len(long["input_ids"]) == 8 and long["input_ids"][-1] == task.gpt1_ids["extract"]
 
 
 @pytest.mark.parametrize("kind", ["tiny_gpt2", "tiny_llama"])
@@ -115,8 +111,9 @@ def test_aux_loss_counts_real_candidates_and_no_token_predicted_from_padding(tin
     candidates, each run alone: not over the copies that pad an example with fewer candidates, and, left-padded,
     not over a [start] predicted from padding."""
     model, tokenizer, ids = gpt1_decoder(tiny_gpt2)
-    task = decoder_task(type="multiple_choice", context="q", choices="options", label="answer", aux_lm_weight=0.5)
-    task.family, task.gpt1_ids = "decoder", ids
+    task = decoder_task(
+        tokenizer, type="multiple_choice", context="q", choices="options", label="answer", aux_lm_weight=0.5
+    )
     rows = {"q": ["pick one", "which is longest"], "options": [["a b", "c"], ["d", "e f g", "h"]], "answer": [1, 0]}
     features = task.format(rows, tokenizer, 32)
     alone = [lm_loss_alone(model.lm, seq) for example in features["input_ids"] for seq in example]
@@ -144,8 +141,7 @@ def test_the_lm_head_runs_and_trains_only_for_the_auxiliary_loss(tiny_llama, aux
     assert model.lm.get_output_embeddings().weight is not model.lm.get_input_embeddings().weight  # untied
     calls = []
     model.lm.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
-    task = decoder_task(type="classification", text_a="s", labels=["no", "yes"], aux_lm_weight=aux_lm_weight)
-    task.family, task.gpt1_ids = "decoder", ids
+    task = decoder_task(tokenizer, type="classification", text_a="s", labels=["no", "yes"], aux_lm_weight=aux_lm_weight)
     features = task.format({"s": ["a fine film", "dull"], "label": ["yes", "no"]}, tokenizer, 32)
     batch = task.collator(tokenizer, None)([dict(zip(features, v)) for v in zip(*features.values())])
     loss, _ = task.forward(model.train(), batch)

@@ -43,9 +43,7 @@ def instruction_task(family: str = "decoder", **task) -> Instruction:
             "data": {"mixture": [{"source": "tatsu-lab/alpaca", "format": "alpaca", "held_out": 2}]},
         }
     ).task
-    built = build_task(spec, None)
-    built.family, built.max_target_length = family, 64
-    return built
+    return build_task(spec, None, family, max_target_length=64)
 
 
 def learned_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:

@@ -17,8 +17,8 @@ from cases import BY_NAME, CASES, Case, train, weights
 from conftest import run_cli
 from peft.tuners.lora import LoraLayer
 
-from finetune import pipeline
 from finetune.engine import Engine
+from finetune.loaded_run import load_run
 from finetune.rundir import checkpoint_dirs
 
 # wall-clock and memory readings, which no two runs share
@@ -112,7 +112,7 @@ def test_adapter_reloaded_and_merged_predicts_as_the_trained_model(name, request
     run_dir = train(recipe).run_dir
     assert run_cli("merge", run_dir, tmp_path / "merged").exit_code == 0
     batch, expected = trained["batch"], trained["logits"]
-    reloaded, merged = pipeline.load_run(run_dir), pipeline.load_run(tmp_path / "merged")
+    reloaded, merged = load_run(run_dir), load_run(tmp_path / "merged")
 
     with without_lora(reloaded.model):  # the adapter's own update moves the logits far more than the tolerance
         assert (logits(reloaded.model, reloaded.task.forward, batch) - expected).abs().max() > 1000 * SAME_FUNCTION

@@ -132,8 +132,7 @@ def _layers_recipe(checkpoint: Path, layers: int, head: str) -> Recipe:
 def test_pretrained_layers_keeps_the_first_blocks_of_encoder_and_decoder(kind, head, prefix, request, tmp_path):
     checkpoint = request.getfixturevalue(f"tiny_{kind}")
     recipe = _layers_recipe(checkpoint, 1, head)
-    task = build_task(recipe.task, ["a", "b"])
-    task.family = "encoder-decoder"
+    task = build_task(recipe.task, ["a", "b"], "encoder-decoder")
     torch.manual_seed(1)
     state = build_model(recipe, resolve_model(str(checkpoint)), task).state_dict()
     pretrained = load_file(checkpoint / "model.safetensors")

@@ -69,8 +69,7 @@ def seq2seq_task():
             "data": {"files": {"train": "t.jsonl", "validation": "v.jsonl"}, "packing": True},
         }
     )
-    task = build_task(recipe.task, None)
-    task.family = "decoder"
+    task = build_task(recipe.task, None, "decoder")
     return recipe, task
 
 

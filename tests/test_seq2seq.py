@@ -33,9 +33,7 @@ def seq2seq_task(family: str, max_target_length: int = 16, **task) -> Seq2Seq:
             "data": {"files": {"train": "t.jsonl", "validation": "v.jsonl"}},
         }
     ).task
-    built = build_task(spec, None)
-    built.family, built.max_target_length = family, max_target_length
-    return built
+    return build_task(spec, None, family, max_target_length=max_target_length)
 
 
 def rows_of(features: dict) -> list[dict]:

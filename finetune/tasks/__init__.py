@@ -23,12 +23,19 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def build_task(spec: TaskSpec, labels: list[str] | None) -> Task:
-    """The task object for a recipe's task section; `labels` are the class names when it predicts classes.
-    A text_to_text head (T5) formats every task type as source and target texts instead."""
-    if spec.head == "text_to_text":
-        return TextToText(spec, labels)
-    return TASKS[spec.type](spec, labels)
+def build_task(
+    spec: TaskSpec,
+    labels: list[str] | None = None,
+    family: str = "encoder",
+    *,
+    max_target_length: int | None = None,
+    packing: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Task:
+    """The task object for a task section, whole (the arguments as `Task` takes them). A text_to_text head (T5)
+    formats every task type as source and target texts instead."""
+    kind = TextToText if spec.head == "text_to_text" else TASKS[spec.type]
+    return kind(spec, labels, family, max_target_length=max_target_length, packing=packing, tokenizer=tokenizer)
 
 
 def prepare_task(
@@ -36,13 +43,15 @@ def prepare_task(
 ) -> Task:
     """The recipe's task for a checkpoint of `family`, with the tokenizer made ready for it (GPT-1's tokens for a
     decoder's task head, a pad token for generation)."""
-    task = build_task(recipe.task, labels)
-    task.family = family
-    task.max_target_length = recipe.data.max_target_length
-    task.packing = recipe.data.packing is True  # "auto" is settled with the architecture
-    if tokenizer is not None:
-        task.prepare_tokenizer(tokenizer)
-    return task
+    packing = recipe.data.packing is True  # "auto" is settled with the architecture
+    return build_task(
+        recipe.task,
+        labels,
+        family,
+        max_target_length=recipe.data.max_target_length,
+        packing=packing,
+        tokenizer=tokenizer,
+    )
 
 
 __all__ = ["TASKS", "Instruction", "Seq2Seq", "Task", "TextToText", "build_task", "prepare_task"]

@@ -33,13 +33,26 @@ class Task:
     problem_type: str | None
     model_class = AutoModelForSequenceClassification
 
-    def __init__(self, spec: TaskSpec, labels: list[str] | None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        labels: list[str] | None,
+        family: str = "encoder",
+        *,
+        max_target_length: int | None = None,
+        packing: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        """`labels`: the class names where the task predicts classes; `max_target_length`: a generated target's
+        token limit (data.max_target_length); `packing`: decoders' generation examples packed per batch; with
+        `tokenizer`, the tokenizer is made ready for the task (GPT-1's tokens for a decoder's task head)."""
         self.spec = spec
         self.labels = labels
-        self.gpt1_ids: dict[str, int] | None = None  # set for decoders: GPT-1's [start] [delim] [extract] ids
-        self.family = "encoder"
-        self.max_target_length: int | None = None  # seq2seq: the target's token limit (data.max_target_length)
-        self.packing = False  # decoders' seq2seq and instruction examples packed per batch (data.packing)
+        self.family = family
+        self.max_target_length = max_target_length
+        self.packing = packing
+        # a decoder's GPT-1 [start] [delim] [extract] ids
+        self.gpt1_ids = self.prepare_tokenizer(tokenizer) if tokenizer is not None else None
 
     @property
     def config_overrides(self) -> dict[str, Any]:
@@ -54,10 +67,9 @@ class Task:
 
     peft_task_type: str | None = None  # peft's name for the model's kind, for heads peft knows how to generate with
 
-    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Make the tokenizer ready for this task: a decoder's task head reads GPT-1's added tokens."""
-        if self.family == "decoder":
-            self.gpt1_ids = add_gpt1_tokens(tokenizer)
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, int] | None:
+        """Make the tokenizer ready for this task: a decoder's task head reads GPT-1's added tokens (their ids)."""
+        return add_gpt1_tokens(tokenizer) if self.family == "decoder" else None
 
     def formatter(self, role: str) -> Any:
         """The batched function that formats a split in `role` (train or eval); most tasks format both alike."""

@@ -66,6 +66,7 @@ class Seq2Seq(Task):
             tokenizer.pad_token = tokenizer.eos_token
         elif tokenizer.pad_token is None:
             tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        return None
 
     def formatter(self, role: str) -> Any:
         return self.format if role == "train" else self.format_eval

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.batching import GroupCollator
 from finetune.errors import FinetuneError
 from finetune.fields import get_field
+from finetune.recipe.schema import TaskSpec
 from finetune.tasks.base import Task
 from finetune.tasks.classification import Classification
 from finetune.tasks.regression import Regression
@@ -34,9 +35,9 @@ HEAD_NAMES = ("classifier", "classification_head", "head", "score")  # a task he
 class Similarity(Task):
     name = "similarity"
 
-    def __init__(self, spec, labels):
-        super().__init__(spec, labels)
+    def __init__(self, spec: TaskSpec, labels: list[str] | None, *args: Any, **kwargs: Any) -> None:
         self.head = Regression(spec, None) if spec.predicts_score else Classification(spec, labels)
+        super().__init__(spec, labels, *args, **kwargs)
         self.problem_type = self.head.problem_type
 
     @property

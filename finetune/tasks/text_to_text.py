@@ -27,6 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 from finetune.batching import group_mask, pad_groups
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.losses import Loss, example_loss
+from finetune.recipe.schema import TaskSpec
 from finetune.tasks.base import TOTAL_LENGTH, Task, batch_rows, untruncated_length
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
@@ -37,9 +38,9 @@ class TextToText(Task):
     problem_type = None
     model_class = AutoModelForSeq2SeqLM
 
-    def __init__(self, spec, labels):
-        super().__init__(spec, labels)
+    def __init__(self, spec: TaskSpec, labels: list[str] | None, *args: Any, **kwargs: Any) -> None:
         self.head = MultipleChoice(spec, None) if spec.type == "multiple_choice" else Classification(spec, labels)
+        super().__init__(spec, labels, *args, **kwargs)
 
     @property
     def num_labels(self) -> int:
