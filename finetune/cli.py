@@ -205,20 +205,14 @@ def _validate(args: argparse.Namespace) -> CliResult:
 
 def _inspect(args: argparse.Namespace) -> CliResult:
     from finetune.inspection import render_example
-    from finetune.model import load_tokenizer
-    from finetune.pipeline import prepare_data, settle_architecture
+    from finetune.prepare import checked, prepare
     from finetune.recipe import load_recipe
-    from finetune.validate import check
 
     recipe = load_recipe(args.recipe, args.overrides)
-    report = check(recipe)
-    report.raise_for_problems()
-    tokenizer = load_tokenizer(recipe.model, report.model)
-    recipe, family = settle_architecture(recipe, report)
-    task, tokenized, _ = prepare_data(recipe, tokenizer, family)
-    split = tokenized[args.split]
+    ready = prepare(recipe, checked(recipe))
+    split = ready.splits[args.split]
     for index in range(min(args.n, len(split))):
-        print(render_example(index, split[index], tokenizer, task), end="\n\n")
+        print(render_example(index, split[index], ready.tokenizer, ready.task), end="\n\n")
     return CliResult(0)
 
 

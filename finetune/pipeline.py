@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
-from finetune.families import PACKING_ISOLATED, resolve_head
 from finetune.footprint import parameter_report, peak_memory, saved_size
-from finetune.lengths import plot_lengths, take_length_report, token_metrics, without_histograms
+from finetune.lengths import plot_lengths, token_metrics, without_histograms
 from finetune.loaded_run import load_run
 from finetune.mirrors import base_record
-from finetune.model import build_model, load_tokenizer, resolve_architecture
+from finetune.model import build_model
 from finetune.plots import plot_training
+from finetune.prepare import checked, prepare, tokenize_splits
 from finetune.recipe import Recipe
 from finetune.recipe.schema import ReaderSpec
 from finetune.rundir import (
@@ -40,8 +39,7 @@ from finetune.rundir import (
     write_recipe,
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
-from finetune.tasks import Task, prepare_task
-from finetune.validate import Report, architecture_problems, check
+from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +58,7 @@ class RunResult:
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunResult:
     """Validate, load data and model, train, evaluate and save: the whole `finetune train`."""
-    report = check(recipe)
-    report.raise_for_problems()
-    for note in report.notes:
-        log.info("note: %s", note)
+    report = checked(recipe)
     if recipe.quantize is not None:
         check_quantization_device()
     if recipe.train.precision == "auto":  # settled here so that recipe.yaml records what ran
@@ -71,14 +66,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         log.info("train.precision: %s (auto, on this machine)", precision)
         recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": precision})})
     accelerator = make_accelerator(recipe.train)
-    with accelerator.main_process_first():  # one process converts, downloads and tokenizes; the rest read its cache
-        tokenizer = load_tokenizer(recipe.model, report.model)
-        recipe, family = settle_architecture(recipe, report)
-        started = time.perf_counter()
-        task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
-        data_seconds = time.perf_counter() - started
-    if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
-        recipe = _with_task(recipe, labels=task.labels)
+    # one process converts, downloads and tokenizes; the rest read its cache
+    ready = prepare(recipe, report, accelerator.main_process_first())
+    recipe, task, tokenizer = ready.recipe, ready.task, ready.tokenizer
+    tokenized, data_report = ready.splits, ready.data_report
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
     model = build_model(recipe, report.model, task, tokenizer)  # before the run folder: nothing written on failure
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
@@ -121,7 +112,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         **{f"train_{name}": value for name, value in throughput(state).items()},
         "train_real_tokens": state.real_tokens,
         "train_computed_tokens": state.computed_tokens,
-        "data_seconds": round(data_seconds, 2),
+        "data_seconds": round(ready.data_seconds, 2),
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "best_step": state.best_step,
@@ -162,60 +153,6 @@ def evaluator(
         return evaluate_generation(model, loader, task, accelerator, recipe.generation, tokenizer, eval_set, path)
 
     return generate_and_score
-
-
-def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
-    """The checkpoint's family, and the recipe with `task.head: auto` and `data.packing: auto` resolved (written
-    into recipe.yaml)."""
-    family, model_type = resolve_architecture(recipe.model, report)
-    problems = architecture_problems(recipe, family, model_type)
-    if problems:
-        raise FinetuneError(*problems)
-    if recipe.data.packing == "auto":
-        packing = recipe.task.generates and family == "decoder" and model_type in PACKING_ISOLATED
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": packing})})
-    if recipe.task.generates:  # the model's own language-modelling head writes the text
-        return recipe, family
-    head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
-    if head != recipe.task.head:
-        log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
-    return _with_task(recipe, head=head), family
-
-
-def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
-    return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
-
-
-def prepare_data(
-    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None
-) -> tuple[Task, Any, dict[str, Any]]:
-    """Load, check, cap and tokenize the splits (for decoders, GPT-1's tokens join the tokenizer first); also
-    the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
-    raw, mixture = data.load_splits(recipe, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
-    task = prepare_task(recipe, data.resolve_labels(recipe, raw["train"]), family or "encoder", tokenizer)
-    words = recipe.task.verbalizer
-    if words is not None and task.labels is not None and set(words) != set(task.labels):
-        raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
-    if task.labels is not None and "f1" in recipe.task.metric_names:
-        try:
-            average, positive = recipe.task.f1_averaging(task.labels)
-        except ValueError as exc:
-            raise FinetuneError(str(exc)) from None
-        how = f"{average} over the {len(task.labels)} classes"
-        if average == "binary":
-            how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
-        log.info("f1: %s", how)
-    tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
-    data.log_samples(tokenized["train"], tokenizer)
-    return task, tokenized, {"lengths": lengths, "mixture": mixture}
-
-
-def tokenize_splits(
-    raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
-) -> tuple[Any, dict[str, Any]]:
-    """Tokenized splits without skipped rows, and their length report (seq2seq; empty for other tasks)."""
-    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
-    return take_length_report(tokenized, task, recipe.data.max_length)
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:

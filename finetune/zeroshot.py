@@ -31,7 +31,8 @@ from finetune.labels import label_id
 from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
-from finetune.pipeline import evaluator, settle_architecture, tokenize_splits
+from finetune.pipeline import evaluator
+from finetune.prepare import settle_architecture, tokenize_splits
 from finetune.recipe import Recipe
 from finetune.tasks import prepare_task
 from finetune.validate import Report, check

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from finetune.families import DECODER_TYPES, PACKING_ISOLATED
 from finetune.losses import token_loss
-from finetune.pipeline import settle_architecture
+from finetune.prepare import settle_architecture
 from finetune.recipe import validate_dict
 from finetune.tasks import build_task
 from finetune.tasks.seq2seq import GenerationCollator, PackingCollator

@@ -1,0 +1,118 @@
+"""A recipe made ready to run: checked, its architecture settled, its task built whole and its splits tokenized.
+
+`finetune train` and `finetune inspect` start here; zero-shot evaluation settles the architecture the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from finetune import data
+from finetune.errors import FinetuneError
+from finetune.families import PACKING_ISOLATED, resolve_head
+from finetune.lengths import take_length_report
+from finetune.model import load_tokenizer, resolve_architecture
+from finetune.recipe import Recipe
+from finetune.tasks import Task, prepare_task
+from finetune.validate import Report, architecture_problems, check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run starts from. `recipe` is settled: `task.head`, `data.packing` and inferred labels resolved, as
+    recipe.yaml records them."""
+
+    recipe: Recipe
+    report: Report
+    tokenizer: PreTrainedTokenizerBase
+    family: str
+    task: Task
+    splits: dict[str, Any]  # tokenized: train, eval
+    data_report: dict[str, Any]  # lengths (seq2seq and instruction), an instruction mixture's sources
+    data_seconds: float
+
+
+def checked(recipe: Recipe) -> Report:
+    """The recipe's validation report; its problems raised (one line each), its notes logged."""
+    report = check(recipe)
+    report.raise_for_problems()
+    for note in report.notes:
+        log.info("note: %s", note)
+    return report
+
+
+def prepare(recipe: Recipe, report: Report, first: AbstractContextManager[Any] | None = None) -> Prepared:
+    """Tokenizer, settled architecture, task and tokenized splits. `first` (accelerate's `main_process_first`)
+    lets one process convert, download and tokenize while the others then read its cache."""
+    with first or nullcontext():
+        tokenizer = load_tokenizer(recipe.model, report.model)
+        recipe, family = settle_architecture(recipe, report)
+        started = time.perf_counter()
+        task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
+        seconds = time.perf_counter() - started
+    if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
+        recipe = with_task(recipe, labels=task.labels)
+    return Prepared(recipe, report, tokenizer, family, task, tokenized, data_report, seconds)
+
+
+def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
+    """The checkpoint's family, and the recipe with `task.head: auto` and `data.packing: auto` resolved (written
+    into recipe.yaml)."""
+    family, model_type = resolve_architecture(recipe.model, report)
+    problems = architecture_problems(recipe, family, model_type)
+    if problems:
+        raise FinetuneError(*problems)
+    if recipe.data.packing == "auto":
+        packing = recipe.task.generates and family == "decoder" and model_type in PACKING_ISOLATED
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": packing})})
+    if recipe.task.generates:  # the model's own language-modelling head writes the text
+        return recipe, family
+    head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
+    if head != recipe.task.head:
+        log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
+    return with_task(recipe, head=head), family
+
+
+def with_task(recipe: Recipe, **updates: Any) -> Recipe:
+    """The recipe with these task fields replaced."""
+    return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
+
+
+def prepare_data(
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None
+) -> tuple[Task, Any, dict[str, Any]]:
+    """Load, check, cap and tokenize the splits (for decoders, GPT-1's tokens join the tokenizer first); also
+    the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
+    raw, mixture = data.load_splits(recipe, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
+    task = prepare_task(recipe, data.resolve_labels(recipe, raw["train"]), family or "encoder", tokenizer)
+    words = recipe.task.verbalizer
+    if words is not None and task.labels is not None and set(words) != set(task.labels):
+        raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
+    if task.labels is not None and "f1" in recipe.task.metric_names:
+        try:
+            average, positive = recipe.task.f1_averaging(task.labels)
+        except ValueError as exc:
+            raise FinetuneError(str(exc)) from None
+        how = f"{average} over the {len(task.labels)} classes"
+        if average == "binary":
+            how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
+        log.info("f1: %s", how)
+    tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
+    data.log_samples(tokenized["train"], tokenizer)
+    return task, tokenized, {"lengths": lengths, "mixture": mixture}
+
+
+def tokenize_splits(
+    raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> tuple[Any, dict[str, Any]]:
+    """Tokenized splits without skipped rows, and their length report (seq2seq; empty for other tasks)."""
+    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
+    return take_length_report(tokenized, task, recipe.data.max_length)
