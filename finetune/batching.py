@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from finetune.columns import CHOICE_MASK
+
 
 def example_length(input_ids: list) -> int:
     """Tokens in one example: its sequence, or all of its sequences (orderings or candidates) together."""
@@ -60,7 +62,7 @@ class GroupCollator:
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]]
         pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
         batch = pad_groups(features, keys, pads, self.pad_to_multiple_of)
-        batch["choice_mask"] = group_mask(features, "input_ids")
+        batch[CHOICE_MASK] = group_mask(features, "input_ids")
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from finetune.batching import EpochSampler, chunks, example_length
+from finetune.columns import EXAMPLES
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.progress import TrainState, Window, throughput
@@ -234,7 +235,7 @@ class Engine:
 
     def _examples(self, batches: list[dict[str, torch.Tensor]]) -> int:
         """Training examples in the step, every process counted (a packed batch is one row of several)."""
-        local = sum(int(b["examples"]) if "examples" in b else len(b["input_ids"]) for b in batches)
+        local = sum(int(b[EXAMPLES]) if EXAMPLES in b else len(b["input_ids"]) for b in batches)
         return local * self.accelerator.num_processes
 
     def _after_step(self, window: Window, bar: tqdm) -> None:

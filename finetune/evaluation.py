@@ -13,6 +13,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from finetune.columns import GROUP, PROMPT_LENGTH, REFERENCES
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.recipe.schema import GenerationSpec
 from finetune.tasks import Seq2Seq, Task
@@ -94,14 +95,14 @@ def evaluate_generation(
     """Generate for every example of `eval_set` (tokenized, with its references), score the text with the task's
     metrics, and write prompt, prediction and references per example to `predictions_path` (jsonl)."""
     texts, loss = generate_texts(model, loader, task, accelerator, spec, tokenizer)
-    references = eval_set["references"]
+    references = eval_set[REFERENCES]
     metrics = compute_metrics(task.metric_names, texts, references)
     if loss is not None:
         metrics["eval_loss"] = loss
-    groups = eval_set["group"] if "group" in eval_set.column_names else None
+    groups = eval_set[GROUP] if GROUP in eval_set.column_names else None
     if predictions_path is not None and accelerator.is_main_process:
         prompts = tokenizer.batch_decode(
-            [ids[:n] for ids, n in zip(eval_set["input_ids"], eval_set["prompt_length"])], skip_special_tokens=True
+            [ids[:n] for ids, n in zip(eval_set["input_ids"], eval_set[PROMPT_LENGTH])], skip_special_tokens=True
         )
         records = [
             {"prompt": p, "prediction": t, "references": r} for p, t, r in zip(prompts, texts, references, strict=True)

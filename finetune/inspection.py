@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from finetune.columns import PROMPT_LENGTH
 from finetune.tasks import Task
 
 LAYOUT_ROWS = ("token_type_ids", "attention_mask")
@@ -62,7 +63,7 @@ def _render_seq2seq(
       token   fix : he go home fixed : he goes home [SEP]
       loss    0   0 0  0  0    0     0 1  1    1    1
     """
-    ids, labels, prompt = features["input_ids"], features["labels"], features["prompt_length"]
+    ids, labels, prompt = features["input_ids"], features["labels"], features[PROMPT_LENGTH]
     decoder = task.family == "decoder"
     target = [t for t in labels if t != -100]
     head = f"example {index}: {len(ids)} tokens" + (

@@ -13,11 +13,19 @@ import numpy as np
 from datasets import DatasetDict
 
 from finetune.batching import example_length
+from finetune.columns import (
+    LENGTH_STATS,
+    ORIGIN,
+    PROMPT_LENGTH,
+    SKIP,
+    SOURCE_LENGTH,
+    TARGET_CUT,
+    TARGET_LENGTH,
+    TOTAL_LENGTH,
+)
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE
 from finetune.tasks import Task
-from finetune.tasks.base import TOTAL_LENGTH
-from finetune.tasks.seq2seq import STATS
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +35,15 @@ LENGTHS_PLOT = "lengths.png"
 def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
     """Drop skipped examples and the statistics columns; return what they said, per split (for tasks that do not
     generate, their input tokens only). Raises when a split has nothing left."""
-    if any("skip" not in ds.column_names for ds in tokenized.values()):
+    if any(SKIP not in ds.column_names for ds in tokenized.values()):
         return input_token_report(tokenized)
     report, kept = {}, {}
     # an instruction decoder's responses share data.max_length with the prompt; they have no limit of their own
     target_limit = None if task.name == "instruction" and task.family == "decoder" else task.max_target_length
     for key, ds in tokenized.items():
-        reasons, cuts = ds["skip"], ds["target_cut"]  # each column read once: a Dataset builds it on every access
+        reasons, cuts = ds[SKIP], ds[TARGET_CUT]  # each column read once: a Dataset builds it on every access
         skips = Counter(reason for reason in reasons if reason)
-        sources, targets, prompts = ds["source_length"], ds["target_length"], ds["prompt_length"]
+        sources, targets, prompts = ds[SOURCE_LENGTH], ds[TARGET_LENGTH], ds[PROMPT_LENGTH]
         report[key] = {
             "examples": len(ds) - sum(skips.values()),
             "skipped": dict(skips),
@@ -47,7 +55,7 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
             "limits": {"max_length": max_length, "max_target_length": target_limit},
             "histogram": {"source": sources, "target": targets},
         }
-        origins = ds["origin"] if "origin" in ds.column_names else []
+        origins = ds[ORIGIN] if ORIGIN in ds.column_names else []
         if len(set(origins)) > 1:  # a mixture: each source's own shape
             report[key]["per_source"] = {}
             for name in sorted(set(origins)):
@@ -66,8 +74,8 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
             raise FinetuneError(f"data.{key}_split: no examples left after skipping rows ({reasons})")
         for why, count in skips.items():
             log.warning("%s split: %d of %d rows skipped (%s)", key, count, len(ds), why)
-        kept[key] = (ds.filter(lambda skip: not skip, input_columns="skip") if skips else ds).remove_columns(
-            [c for c in STATS if c in ds.column_names]
+        kept[key] = (ds.filter(lambda skip: not skip, input_columns=SKIP) if skips else ds).remove_columns(
+            [c for c in LENGTH_STATS if c in ds.column_names]
         )
         tokens = report[key]["tokens"]
         log.info(

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
 from finetune.fields import get_field, task_fields
 from finetune.heads import add_gpt1_tokens
 from finetune.losses import Loss, count_targets, example_loss, lm_targets
 from finetune.recipe.schema import TaskSpec
-
-TOTAL_LENGTH = "total_length"  # a row's tokens before truncation: read into the token report, then dropped
 
 
 def batch_rows(batch: dict[str, list]) -> list[dict[str, Any]]:
@@ -179,8 +178,8 @@ class Task:
         none; a group's padding candidates repeat its first sequence and count as padding)."""
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         real = mask if mask is not None else torch.ones_like(ids)
-        if "choice_mask" in batch:  # (B, k, L) groups
-            real = real * batch["choice_mask"].unsqueeze(-1)
+        if CHOICE_MASK in batch:  # (B, k, L) groups
+            real = real * batch[CHOICE_MASK].unsqueeze(-1)
         return torch.stack([real.sum(), torch.tensor(ids.numel(), device=ids.device)])
 
     def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,20 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from finetune.columns import (
+    GROUP,
+    ORIGIN,
+    PROMPT_LENGTH,
+    REFERENCES,
+    SKIP,
+    SOURCE_LENGTH,
+    TARGET_CUT,
+    TARGET_LENGTH,
+    TOTAL_LENGTH,
+)
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE
-from finetune.tasks.base import TOTAL_LENGTH, batch_rows
+from finetune.tasks.base import batch_rows
 from finetune.tasks.seq2seq import FEATURES, Seq2Seq, _bos, _stop_id
 
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -60,13 +71,13 @@ class Instruction(Seq2Seq):
     def _encode_rows(
         self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int, evaluation: bool | None
     ) -> dict[str, list]:
-        keys = [*FEATURES, "origin", *(["references", "group"] if evaluation else [])]
+        keys = [*FEATURES, ORIGIN, *([REFERENCES, GROUP] if evaluation else [])]
         features: dict[str, list] = {key: [] for key in keys}
         for row in batch_rows(batch):
             encoded = self.encode_conversation(row["messages"], tokenizer, max_length, evaluation)
-            encoded["origin"] = row.get("source", "")
+            encoded[ORIGIN] = row.get("source", "")
             if evaluation:
-                encoded["references"], encoded["group"] = row["references"], row["task"]
+                encoded[REFERENCES], encoded[GROUP] = row[REFERENCES], row["task"]
             for key in keys:
                 features[key].append(encoded[key])
         return features
@@ -80,7 +91,7 @@ class Instruction(Seq2Seq):
             source = transcript(messages[:-1], None)
             target = messages[-1]["content"] if evaluation is not None else None
             encoded = self.encode_pair(source, target, tokenizer, max_length)
-            encoded["target_cut"] = encoded["target_length"] > self.max_target_length
+            encoded[TARGET_CUT] = encoded[TARGET_LENGTH] > self.max_target_length
             return encoded
         text, turns = self.render(messages, tokenizer)
         reply = turns[-1][0]  # where the last assistant turn starts: generation starts there
@@ -108,12 +119,12 @@ class Instruction(Seq2Seq):
             "input_ids": ids,
             "attention_mask": [1] * len(ids),
             "labels": labels if evaluation is not None else [],
-            "prompt_length": min(prompt_length, len(ids)),
-            "source_length": prompt_length,
-            "target_length": target_length,
+            PROMPT_LENGTH: min(prompt_length, len(ids)),
+            SOURCE_LENGTH: prompt_length,
+            TARGET_LENGTH: target_length,
             TOTAL_LENGTH: total_length,
-            "target_cut": kept < target_length,
-            "skip": skip,
+            TARGET_CUT: kept < target_length,
+            SKIP: skip,
         }
 
     def render(self, messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:

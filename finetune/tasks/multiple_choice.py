@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
+from finetune.columns import CHOICE_MASK
 from finetune.errors import FinetuneError
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.tasks.base import Task, batch_rows, softmax
@@ -60,16 +61,16 @@ class MultipleChoice(Task):
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """(B, k, L) for an encoder's multiple-choice head; other heads score one sequence: (B*k, L), and a decoder's
         auxiliary LM loss reads only the real candidates (`lm_rows`), not the copies that pad an example."""
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "choice_mask")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", CHOICE_MASK)}
         if self.family == "encoder":
             return inputs
         inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
         if self.aux_lm:
-            inputs["lm_rows"] = batch["choice_mask"].flatten()
+            inputs["lm_rows"] = batch[CHOICE_MASK].flatten()
         return inputs
 
     def scores(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch["choice_mask"]
+        mask = batch[CHOICE_MASK]
         return logits.view(mask.shape).masked_fill(~mask, float("-inf"))  # (B, k): padding never wins
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
+from finetune.columns import CHOICE_MASK
 from finetune.errors import FinetuneError
 from finetune.fields import get_field
 from finetune.recipe.schema import TaskSpec
@@ -57,7 +58,7 @@ class Similarity(Task):
         return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
     def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.flatten(0, 1) for k, v in batch.items() if k not in ("labels", "choice_mask")}  # (2B, L)
+        return {k: v.flatten(0, 1) for k, v in batch.items() if k not in ("labels", CHOICE_MASK)}  # (2B, L)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
         with orderings_summed(model):  # the head sees (B, ...) sums of the (2B, ...) representations

@@ -25,10 +25,11 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune.batching import group_mask, pad_groups
+from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
 from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.losses import Loss, example_loss
 from finetune.recipe.schema import TaskSpec
-from finetune.tasks.base import TOTAL_LENGTH, Task, batch_rows, untruncated_length
+from finetune.tasks.base import Task, batch_rows, untruncated_length
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
 
@@ -104,7 +105,7 @@ class TextToText(Task):
     def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each (source, target) pair is a row: the sources once per candidate, the targets once per source."""
         sources, targets = batch["input_ids"], batch["target_ids"]  # (B, S, L), (B, k, T)
-        (s, k), candidates = (sources.shape[1], targets.shape[1]), batch["choice_mask"].sum(-1)  # (B,)
+        (s, k), candidates = (sources.shape[1], targets.shape[1]), batch[CHOICE_MASK].sum(-1)  # (B,)
         real = (batch["attention_mask"].sum((1, 2)) * candidates).sum() + batch["target_mask"].sum() * s
         return torch.stack([real, torch.tensor(sources.numel() * k + targets.numel() * s, device=sources.device)])
 
@@ -125,7 +126,7 @@ class TextToText(Task):
         logprobs = torch.log_softmax(output.logits.float(), dim=-1)  # (B*S*k, T, V)
         token_logprobs = logprobs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1) * token_mask  # (B*S*k, T)
         scores = token_logprobs.sum(-1).view(b, s, k).sum(1)  # (B, k): orderings add
-        scores = scores.masked_fill(~batch["choice_mask"], float("-inf"))
+        scores = scores.masked_fill(~batch[CHOICE_MASK], float("-inf"))
         labels = batch.get("labels")
         if labels is None:
             return None, scores
@@ -163,7 +164,7 @@ class TextToTextCollator:
             pad_groups(targets, ["target_ids", "target_mask"], {"target_ids": self.pad_token_id, "target_mask": 0})
         )
         batch["target_mask"] = batch["target_mask"] * group_mask(features, "target_ids").unsqueeze(-1)
-        batch["choice_mask"] = group_mask(features, "target_ids")
+        batch[CHOICE_MASK] = group_mask(features, "target_ids")
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch
