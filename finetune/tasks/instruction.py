@@ -19,17 +19,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from finetune.columns import (
-    GROUP,
-    ORIGIN,
-    PROMPT_LENGTH,
-    REFERENCES,
-    SKIP,
-    SOURCE_LENGTH,
-    TARGET_CUT,
-    TARGET_LENGTH,
-    TOTAL_LENGTH,
-)
+from finetune import columns
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE
 from finetune.tasks.base import batch_rows
@@ -71,13 +61,13 @@ class Instruction(Seq2Seq):
     def _encode_rows(
         self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int, evaluation: bool | None
     ) -> dict[str, list]:
-        keys = [*FEATURES, ORIGIN, *([REFERENCES, GROUP] if evaluation else [])]
+        keys = [*FEATURES, columns.ORIGIN, *([columns.REFERENCES, columns.GROUP] if evaluation else [])]
         features: dict[str, list] = {key: [] for key in keys}
         for row in batch_rows(batch):
             encoded = self.encode_conversation(row["messages"], tokenizer, max_length, evaluation)
-            encoded[ORIGIN] = row.get("source", "")
+            encoded[columns.ORIGIN] = row.get("source", "")
             if evaluation:
-                encoded[REFERENCES], encoded[GROUP] = row[REFERENCES], row["task"]
+                encoded[columns.REFERENCES], encoded[columns.GROUP] = row[columns.REFERENCES], row["task"]
             for key in keys:
                 features[key].append(encoded[key])
         return features
@@ -91,7 +81,7 @@ class Instruction(Seq2Seq):
             source = transcript(messages[:-1], None)
             target = messages[-1]["content"] if evaluation is not None else None
             encoded = self.encode_pair(source, target, tokenizer, max_length)
-            encoded[TARGET_CUT] = encoded[TARGET_LENGTH] > self.max_target_length
+            encoded[columns.TARGET_CUT] = encoded[columns.TARGET_LENGTH] > self.max_target_length
             return encoded
         text, turns = self.render(messages, tokenizer)
         reply = turns[-1][0]  # where the last assistant turn starts: generation starts there
@@ -119,12 +109,12 @@ class Instruction(Seq2Seq):
             "input_ids": ids,
             "attention_mask": [1] * len(ids),
             "labels": labels if evaluation is not None else [],
-            PROMPT_LENGTH: min(prompt_length, len(ids)),
-            SOURCE_LENGTH: prompt_length,
-            TARGET_LENGTH: target_length,
-            TOTAL_LENGTH: total_length,
-            TARGET_CUT: kept < target_length,
-            SKIP: skip,
+            columns.PROMPT_LENGTH: min(prompt_length, len(ids)),
+            columns.SOURCE_LENGTH: prompt_length,
+            columns.TARGET_LENGTH: target_length,
+            columns.TOTAL_LENGTH: total_length,
+            columns.TARGET_CUT: kept < target_length,
+            columns.SKIP: skip,
         }
 
     def render(self, messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:

@@ -28,17 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from finetune.columns import (
-    EXAMPLES,
-    LENGTH_STATS,
-    PROMPT_LENGTH,
-    REFERENCES,
-    SKIP,
-    SOURCE_LENGTH,
-    TARGET_CUT,
-    TARGET_LENGTH,
-    TOTAL_LENGTH,
-)
+from finetune import columns
 from finetune.fields import get_field, references_of, source_of, texts_of
 from finetune.lm_loss import causal_lm_loss
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
@@ -46,7 +36,8 @@ from finetune.recipe.schema import GenerationSpec
 from finetune.tasks.base import Task, batch_rows
 
 PROMPT_END = 16  # tokens kept at the end of a decoder prompt that is cut to fit
-FEATURES = ("input_ids", "attention_mask", "labels", PROMPT_LENGTH, *LENGTH_STATS[:-1])  # what encode_pair returns
+# what encode_pair returns
+FEATURES = ("input_ids", "attention_mask", "labels", columns.PROMPT_LENGTH, *columns.LENGTH_STATS[:-1])
 
 
 class Seq2Seq(Task):
@@ -114,13 +105,13 @@ class Seq2Seq(Task):
     ) -> dict[str, list]:
         features: dict[str, list] = {key: [] for key in FEATURES}
         if pairs and pairs[0][2] is not None:
-            features[REFERENCES] = []
+            features[columns.REFERENCES] = []
         for source, target, references in pairs:
             encoded = self.encode_pair(source, target, tokenizer, max_length)
             for key, value in encoded.items():
                 features[key].append(value)
-            if REFERENCES in features:
-                features[REFERENCES].append(references)
+            if columns.REFERENCES in features:
+                features[columns.REFERENCES].append(references)
         return features
 
     def encode_pair(
@@ -157,12 +148,12 @@ class Seq2Seq(Task):
             "input_ids": input_ids,
             "attention_mask": [1] * len(input_ids),
             "labels": labels,
-            PROMPT_LENGTH: prompt_length,
-            SOURCE_LENGTH: len(source_ids),
-            TARGET_LENGTH: len(target_ids),
-            TOTAL_LENGTH: len(source_ids) + len(target_ids),
-            TARGET_CUT: len(target_ids) > self.max_target_length,
-            SKIP: skip,
+            columns.PROMPT_LENGTH: prompt_length,
+            columns.SOURCE_LENGTH: len(source_ids),
+            columns.TARGET_LENGTH: len(target_ids),
+            columns.TOTAL_LENGTH: len(source_ids) + len(target_ids),
+            columns.TARGET_CUT: len(target_ids) > self.max_target_length,
+            columns.SKIP: skip,
         }
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> Any:
@@ -272,7 +263,7 @@ class GenerationCollator:
         if features[0].get("labels"):
             batch["labels"] = self._pad([f["labels"] for f in features], IGNORE)
         if self.decoder:
-            prompts = [f["input_ids"][: f[PROMPT_LENGTH]] for f in features]
+            prompts = [f["input_ids"][: f[columns.PROMPT_LENGTH]] for f in features]
             batch["generation_input_ids"] = self._pad(prompts, self.pad_token_id, left=True)
             batch["generation_attention_mask"] = self._pad([[1] * len(p) for p in prompts], 0, left=True)
         else:
@@ -305,5 +296,5 @@ class PackingCollator:
         batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
         batch["generation_input_ids"] = prompts["generation_input_ids"]
         batch["generation_attention_mask"] = prompts["generation_attention_mask"]
-        batch[EXAMPLES] = torch.tensor(len(features))
+        batch[columns.EXAMPLES] = torch.tensor(len(features))
         return batch
