@@ -59,7 +59,7 @@ def prepare(recipe: Recipe, report: Report, first: AbstractContextManager[Any] |
         task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
         seconds = time.perf_counter() - started
     if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
-        recipe = with_task(recipe, labels=task.labels)
+        recipe = _with_task(recipe, labels=task.labels)
     return Prepared(recipe, report, tokenizer, family, task, tokenized, data_report, seconds)
 
 
@@ -78,10 +78,10 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
     head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
     if head != recipe.task.head:
         log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
-    return with_task(recipe, head=head), family
+    return _with_task(recipe, head=head), family
 
 
-def with_task(recipe: Recipe, **updates: Any) -> Recipe:
+def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
     """The recipe with these task fields replaced."""
     return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
 
