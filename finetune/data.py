@@ -13,11 +13,12 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
 from finetune.errors import FinetuneError, first_line
-from finetune.fields import get_field, task_fields
+from finetune.fields import get_field
 from finetune.instructions import load_mixture
 from finetune.labels import infer_labels
-from finetune.recipe.schema import DataSpec, Recipe, TaskSpec
+from finetune.recipe.schema import DataSpec, Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
+from finetune.specs import TaskSpec
 from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 def load_splits(recipe: Recipe, splits: dict[str, str]) -> tuple[DatasetDict, dict]:
     """The named splits with their columns checked; an instruction recipe's train and eval examples drawn from
     its mixture instead, with the mixture's report (empty for other tasks)."""
-    if recipe.task.type != "instruction":
+    if not recipe.task.reads_mixture:
         raw = load_raw(recipe.data, splits)
         check_columns(raw, recipe.task)
         return raw, {}
@@ -131,7 +132,7 @@ def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
     problems = [
         f"task: no column {column!r} in the {key} split (columns: {', '.join(ds.column_names)})"
         for key, ds in raw.items()
-        for column in dict.fromkeys(path.split(".")[0] for path in task_fields(spec, key).values())
+        for column in dict.fromkeys(path.split(".")[0] for path in spec.fields(key).values())
         if column not in ds.column_names
     ]
     if problems:

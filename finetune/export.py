@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 CARD_FILE = "README.md"
 # What a run folder uploads: the model or adapter, its head, the tokenizer, the card, recipe, metrics and curves.
 UPLOAD_IGNORE = ["checkpoints/*", "best/*", ".*", "*/.*", "eval_*.json", "log.jsonl"]
-PIPELINE_TAGS = {"multiple_choice": "multiple-choice", "text_to_text": "text2text-generation"}
 HUB_ORIGINS = ("hub", "mirror")  # the bases that are the Hub's own weights (a mirror holds them as the user vouches)
 
 
@@ -47,7 +46,7 @@ def write_model_card(
         base_model=base["name"] if base["origin"] in HUB_ORIGINS else None,
         finetune_base=base,
         library_name="peft" if adapter else "transformers",
-        pipeline_tag=_pipeline_tag(task),
+        pipeline_tag=task.pipeline_tag,
         tags=[
             "finetune",
             spec.type,
@@ -58,7 +57,7 @@ def write_model_card(
         metrics=metric_names,
         eval_results=[
             EvalResult(
-                task_type=_pipeline_tag(task),
+                task_type=task.pipeline_tag,
                 dataset_type=dataset or "local",
                 dataset_name=" ".join(filter(None, [dataset or "local files", recipe.data.subset])),
                 dataset_config=recipe.data.subset,
@@ -151,13 +150,6 @@ recipe below.{merged}
 {dump_recipe(recipe).strip()}
 ```
 """
-
-
-def _pipeline_tag(task: Task) -> str:
-    """The Hub's name for what the model does: text generation for a seq2seq decoder."""
-    if task.spec.generates:
-        return "text-generation" if task.family == "decoder" else "text2text-generation"
-    return PIPELINE_TAGS.get(task.spec.head, PIPELINE_TAGS.get(task.spec.type, "text-classification"))
 
 
 def _model_link(base: dict[str, Any]) -> str:

@@ -38,17 +38,6 @@ ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "maria
 # text to text and write the class word.
 CLASSIFIER_ENCODER_DECODERS = {"bart", "mbart", "led"}
 
-# Families each task type runs on today.
-SUPPORTED_FAMILIES = {
-    "classification": {"encoder", "decoder", "encoder-decoder"},
-    "regression": {"encoder", "decoder", "encoder-decoder"},
-    "entailment": {"encoder", "decoder", "encoder-decoder"},
-    "similarity": {"encoder", "decoder", "encoder-decoder"},
-    "multiple_choice": {"encoder", "decoder", "encoder-decoder"},
-    "seq2seq": {"decoder", "encoder-decoder"},
-    "instruction": {"decoder", "encoder-decoder"},
-}
-
 
 def read_config(location: str | Path) -> dict[str, Any]:
     """A local checkpoint's config.json as a dict."""

@@ -89,7 +89,7 @@ def _group_name(task: Task) -> str:
 def _label_text(label: Any, task: Task) -> str:
     if label is None:
         return "no label"
-    if task.spec.type == "multiple_choice":
+    if task.spec.predicts == "candidate":
         return f"answer: candidate {int(label)}"
     if task.labels:
         return f"label {task.labels[int(label)]} (id {int(label)})"

@@ -62,5 +62,5 @@ def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[T
     known = None if recipe.model.family == "auto" else recipe.model.family
     family, _ = resolve_architecture(recipe.model, Report(model=resolved, family=known))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    task = prepare_task(recipe, recipe.task.labels, family, tokenizer)
+    task = prepare_task(recipe, recipe.task.class_names, family, tokenizer)
     return task, tokenizer, load_adapter(recipe, resolved, task, tokenizer, folder, dequantize)

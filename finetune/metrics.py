@@ -20,7 +20,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from finetune.recipe.schema import TaskSpec
+from finetune.specs.texts import ClassesSpec
 
 GREATER_IS_BETTER = {
     "accuracy": True,
@@ -48,7 +48,7 @@ class F1Setting:
     positive: int = 1
 
 
-def f1_setting(spec: TaskSpec, labels: list[str] | None, candidates: int) -> F1Setting:
+def f1_setting(spec: ClassesSpec, labels: list[str] | None, candidates: int) -> F1Setting:
     """The recipe's f1 for a task's class names (task.f1_average, task.positive_label); without classes
     (multiple choice), macro over the `candidates` positions."""
     if labels is None:

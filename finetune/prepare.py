@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.errors import FinetuneError
-from finetune.families import PACKING_ISOLATED, resolve_head
+from finetune.families import PACKING_ISOLATED
 from finetune.lengths import take_length_report
 from finetune.model import load_tokenizer, resolve_architecture
 from finetune.recipe import Recipe
@@ -58,7 +58,7 @@ def prepare(recipe: Recipe, report: Report, first: AbstractContextManager[Any] |
         started = time.perf_counter()
         task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
         seconds = time.perf_counter() - started
-    if task.labels and recipe.task.labels is None:  # inferred: written into the run's recipe.yaml
+    if task.labels and recipe.task.has_classes and recipe.task.labels is None:  # inferred: into recipe.yaml
         recipe = _with_task(recipe, labels=task.labels)
     return Prepared(recipe, report, tokenizer, family, task, tokenized, data_report, seconds)
 
@@ -71,14 +71,13 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
     if problems:
         raise FinetuneError(*problems)
     if recipe.data.packing == "auto":
-        packing = recipe.task.generates and family == "decoder" and model_type in PACKING_ISOLATED
+        packing = recipe.task.packs and family == "decoder" and model_type in PACKING_ISOLATED
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"packing": packing})})
-    if recipe.task.generates:  # the model's own language-modelling head writes the text
-        return recipe, family
-    head = resolve_head(recipe.task.head, family, model_type, recipe.task.predicts_score)
-    if head != recipe.task.head:
-        log.info("task.head: %s for %s (%s)", head, recipe.model.name, model_type or family)
-    return _with_task(recipe, head=head), family
+    settled = recipe.task.settled(family, model_type)
+    for key, value in settled:
+        if getattr(recipe.task, key) != value:
+            log.info("task.%s: %s for %s (%s)", key, value, recipe.model.name, model_type or family)
+    return recipe.model_copy(update={"task": settled}), family
 
 
 def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
@@ -93,14 +92,10 @@ def prepare_data(
     the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
     raw, mixture = data.load_splits(recipe, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
     task = prepare_task(recipe, data.resolve_labels(recipe, raw["train"]), family or "encoder", tokenizer)
-    words = recipe.task.verbalizer
-    if words is not None and task.labels is not None and set(words) != set(task.labels):
-        raise FinetuneError(f"task.verbalizer: needs one word for each class ({', '.join(task.labels)})")
+    if task.labels is not None and recipe.task.classes_problem(task.labels):
+        raise FinetuneError(recipe.task.classes_problem(task.labels))
     if task.labels is not None and "f1" in recipe.task.metric_names:
-        try:
-            average, positive = recipe.task.f1_averaging(task.labels)
-        except ValueError as exc:
-            raise FinetuneError(str(exc)) from None
+        average, positive = recipe.task.f1_averaging(task.labels)
         how = f"{average} over the {len(task.labels)} classes"
         if average == "binary":
             how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"

@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.families import PACKING_ISOLATED, SUPPORTED_FAMILIES, detect_family, read_config, resolve_head
-from finetune.fields import answer_index, candidates_of, get_field, references_of, source_of, task_fields, texts_of
+from finetune.families import PACKING_ISOLATED, detect_family, read_config
+from finetune.fields import field_or_none, get_field
 from finetune.instructions import load_mixture
-from finetune.labels import infer_labels, label_id, regression_target
+from finetune.labels import infer_labels
 from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
 from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 
-MAX_REPORTED_ROWS = 3  # bad label values reported per split before the rest are counted
 QUANT_BLOCK = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
 WIDTH_KEYS = (
     "hidden_size",
@@ -88,22 +87,15 @@ def _check_model(recipe: Recipe, report: Report) -> None:
             report.family = None if spec.family == "auto" else spec.family
         else:
             _check_config(recipe, report, read_config(config_dir))
-    if recipe.task.aux_lm_weight > 0 and report.family not in (None, "decoder"):
-        report.problems.append(
-            f"task.aux_lm_weight: the auxiliary LM loss needs a decoder; {spec.name} is {report.family}"
-        )
-    data = recipe.data
+    data, task = recipe.data, recipe.task
+    if report.family is not None:
+        report.problems.extend(task.family_problems(report.family, spec.name, data.max_length, data.max_target_length))
     if data.packing is True and report.family == "encoder-decoder":
         report.problems.append(
             f"data.packing: packs a decoder's sequences; {spec.name} is an encoder-decoder, whose batches are padded"
         )
-    if recipe.task.type == "seq2seq" and report.family == "decoder" and data.max_target_length >= data.max_length:
-        report.problems.append(
-            f"data.max_target_length: a decoder reads prompt and target as one sequence of data.max_length "
-            f"({data.max_length}) tokens; make the target limit ({data.max_target_length}) smaller"
-        )
     _check_head(recipe, report)
-    supported = SUPPORTED_FAMILIES[recipe.task.type]
+    supported = task.families
     if report.family is not None and report.family not in supported:
         raise FinetuneError(
             f"model.family: task type {recipe.task.type} runs on {', '.join(sorted(supported))} checkpoints; "
@@ -163,26 +155,13 @@ def _check_head(recipe: Recipe, report: Report) -> None:
 
 
 def architecture_problems(recipe: Recipe, family: str, model_type: str | None) -> list[str]:
-    """Packing needs an architecture that keeps packed examples apart; text_to_text needs an encoder-decoder; a
-    task prefix needs text_to_text."""
-    task = recipe.task
+    """Packing needs an architecture that keeps packed examples apart; then what the task's head needs."""
     if recipe.data.packing is True and family == "decoder" and model_type not in PACKING_ISOLATED:
         return [
             f"data.packing: {model_type} ignores restarting positions, so packed examples would attend to each "
             "other; set data.packing: false"
         ]
-    if task.generates:
-        return []
-    if task.head == "text_to_text" and family != "encoder-decoder":
-        return [
-            f"task.head: text_to_text needs an encoder-decoder checkpoint (T5, BART); {recipe.model.name} is {family}"
-        ]
-    if task.prefix is not None and resolve_head(task.head, family, model_type, task.predicts_score) != "text_to_text":
-        return [
-            f"task.prefix: only the text_to_text head reads a task prefix; {recipe.model.name} gets a classifier "
-            "(set task.head: text_to_text on an encoder-decoder)"
-        ]
-    return []
+    return recipe.task.head_problems(family, model_type, recipe.model.name)
 
 
 def _hub_config(repo_id: str, revision: str | None) -> str | None:
@@ -214,7 +193,8 @@ def _hub_config(repo_id: str, revision: str | None) -> str | None:
 
 
 def _check_data(recipe: Recipe, report: Report) -> None:
-    if recipe.task.type == "instruction":
+    task = recipe.task
+    if task.reads_mixture:
         _check_mixture(recipe, report)
         return
     source = resolve_source(recipe.data)
@@ -235,23 +215,21 @@ def _check_data(recipe: Recipe, report: Report) -> None:
         if not rows[split]:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
-    if recipe.task.has_classes:
+    if task.has_classes:
         report.labels = list(
-            recipe.task.labels or infer_labels(_value(r, recipe.task.label) for r in rows[recipe.data.train_split])
+            task.labels or infer_labels(field_or_none(r, task.label) for r in rows[recipe.data.train_split])
         )
         if len(report.labels) < 2:
             raise FinetuneError(
                 f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more"
             )
-        try:
-            recipe.task.f1_averaging(report.labels)
-        except ValueError as exc:
-            report.problems.append(str(exc))
+        problem = task.classes_problem(report.labels)
+        if problem:
+            report.problems.append(problem)
     for key, split in splits.items():
-        if recipe.task.generates:
-            _check_texts(recipe, split, key.removesuffix("_split"), rows[split], report)
-        else:
-            _check_labels(recipe, split, rows[split], report)
+        problems, notes = task.check_rows(split, key.removesuffix("_split"), rows[split], report.labels)
+        report.problems.extend(problems)
+        report.notes.extend(notes)
 
 
 def _check_mixture(recipe: Recipe, report: Report) -> None:
@@ -266,24 +244,9 @@ def _check_mixture(recipe: Recipe, report: Report) -> None:
             )
 
 
-def _check_texts(recipe: Recipe, split: str, role: str, rows: list[dict], report: Report) -> None:
-    """seq2seq: rows with an empty source or target (references, in the eval split) are skipped; say how many."""
-    task = recipe.task
-    empty = 0
-    for row in rows:
-        targets = references_of(row, task) if role == "eval" else texts_of(_value(row, task.label))
-        if not source_of(row, task).strip() or not any(t.strip() for t in targets):
-            empty += 1
-    what = "an empty source or no reference" if role == "eval" else "an empty source or target"
-    if empty == len(rows):
-        report.problems.append(f"task.label: every row of split {split!r} has {what}; nothing to learn or judge")
-    elif empty:
-        report.notes.append(f"task.label: {empty} of {len(rows)} rows of split {split!r} have {what}; skipped")
-
-
 def _check_columns(recipe: Recipe, split: str, role: str, first_row: dict, source: LocalTables) -> None:
     missing = []
-    for key, path in task_fields(recipe.task, role).items():
+    for key, path in recipe.task.fields(role).items():
         try:
             get_field(first_row, path)
         except KeyError:
@@ -291,36 +254,3 @@ def _check_columns(recipe: Recipe, split: str, role: str, first_row: dict, sourc
     if missing:
         present = ", ".join(first_row)
         raise FinetuneError(*[f"{line} (columns: {present}; read from {source.origin})" for line in missing])
-
-
-def _check_labels(recipe: Recipe, split: str, rows: list[dict], report: Report) -> None:
-    task = recipe.task
-    if task.type == "multiple_choice":
-        expected = "not one of the row's candidates (by name or index)"
-
-        def reads(row: dict, value: object) -> object:
-            texts, names = candidates_of(row, task)
-            return answer_index(value, names, len(texts))
-    elif task.has_classes:
-        expected = f"not one of the classes ({', '.join(report.labels)})"
-
-        def reads(row: dict, value: object) -> object:
-            return label_id(value, report.labels)
-    else:
-        expected = "not a number"
-
-        def reads(row: dict, value: object) -> object:
-            return regression_target(value)
-
-    bad = [(n, value) for n, row in enumerate(rows) if reads(row, value := _value(row, task.label)) is None]
-    for number, value in bad[:MAX_REPORTED_ROWS]:
-        report.problems.append(f"task.label: {value!r} in row {number} of split {split!r} is {expected}")
-    if len(bad) > MAX_REPORTED_ROWS:
-        report.problems.append(f"task.label: {len(bad) - MAX_REPORTED_ROWS} more bad labels in split {split!r}")
-
-
-def _value(row: dict, path: str) -> object:
-    try:
-        return get_field(row, path)
-    except KeyError:
-        return None

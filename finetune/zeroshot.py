@@ -25,9 +25,8 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from finetune import data
 from finetune.accelerator import make_accelerator
 from finetune.errors import FinetuneError
-from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.fields import fill_template
 from finetune.gguf_models import local_checkpoint
-from finetune.labels import label_id
 from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
@@ -47,7 +46,7 @@ def zero_shot(
     report.raise_for_problems()
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split
-    if recipe.task.head == "text_to_text" or recipe.task.generates:
+    if recipe.task.text_to_text or recipe.task.generates:
         return _zero_shot_as_trained(recipe, report, split, family, predictions_path)
     if family != "decoder":
         raise FinetuneError(
@@ -99,24 +98,17 @@ def _zero_shot_as_trained(
 def options_of(row: dict[str, Any], recipe: Recipe, number: int) -> tuple[str, list[str], int]:
     """(prompt, continuations, index of the right one) for one row."""
     task = recipe.task
-    if task.type == "multiple_choice":
-        texts, names = candidates_of(row, task)
-        answer = answer_index(get_field(row, task.label), names, len(texts))
-        return context_of(row, task), [f" {text}" for text in texts], answer
+    if task.predicts == "candidate":
+        texts, _ = task.candidates_of(row)
+        return task.context_of(row), [f" {text}" for text in texts], task.encode_label(row, None, number)
     if not task.has_classes or not task.verbalizer or not task.prompt_template:
         raise FinetuneError(
             "task.verbalizer: zero-shot classification needs task.prompt_template and a "
             "task.verbalizer word for each class (multiple choice needs neither)"
         )
-    labels = list(task.verbalizer)
-    answer = label_id(get_field(row, task.label), task.labels or labels)
-    if answer is None:
-        raise FinetuneError(f"task.label: {get_field(row, task.label)!r} in row {number} is not one of {labels}")
-    try:
-        prompt = task.prompt_template.format_map(row)
-    except (KeyError, IndexError) as exc:
-        raise FinetuneError(f"task.prompt_template: the row has no field {exc}") from None
-    return prompt, [task.verbalizer[name] for name in (task.labels or labels)], answer
+    labels = task.labels or list(task.verbalizer)
+    prompt = fill_template(task.prompt_template, row, "task.prompt_template")
+    return prompt, [task.verbalizer[name] for name in labels], task.encode_label(row, labels, number)
 
 
 @torch.no_grad()

@@ -139,10 +139,7 @@ def test_hub_dataset_without_a_mirror_offline_is_one_clear_line(tmp_path, capsys
     [
         (["data.reader.delimiter='\\t'"], "data.reader.delimiter: one character"),
         (["data.reader.encoding=utf9"], "data.reader.encoding: unknown encoding 'utf9'"),
-        (
-            ["task.metrics=[accuracy]", "task.type=regression", "task.labels=null"],
-            "task.metrics: accuracy does not judge",
-        ),
+        (["task.metrics=[pearson]"], "task.metrics: pearson does not judge classes (task type classification)"),
         (["data.max_length=100000"], "data.max_length: 100000 exceeds the model's 512 positions"),
     ],
 )

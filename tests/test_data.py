@@ -103,9 +103,7 @@ def test_labels_names_ids_and_inference():
     labels = data.resolve_labels(rte, raw["train"])
     assert labels == ["entailment", "not_entailment"]  # inferred, sorted
     task = build_task(rte.task, labels)
-    assert (
-        task.encode_label("not_entailment", 0) == 1 and task.encode_label(0, 0) == 0 and task.encode_label("1", 0) == 1
-    )
+    assert [task.encode_label({"label": value}, 0) for value in ("not_entailment", 0, "1")] == [1, 0, 1]
 
 
 def test_cap_is_a_seeded_sample_and_eval_cap_takes_the_first_rows():

@@ -15,7 +15,7 @@ from finetune.tasks import build_task
 def decoder_task(tokenizer=None, **task):
     """The task on a decoder whose tokenizer gets GPT-1's tokens; without a tokenizer, as for an encoder."""
     spec = validate_dict({"model": MINILM, "task": task, "data": {"files": {"train": "t.csv", "validation": "v.csv"}}})
-    return build_task(spec.task, spec.task.labels, "decoder" if tokenizer else "encoder", tokenizer=tokenizer)
+    return build_task(spec.task, spec.task.class_names, "decoder" if tokenizer else "encoder", tokenizer=tokenizer)
 
 
 def test_gpt1_layouts_for_decoders(tiny_gpt2):

@@ -180,7 +180,11 @@ data: {{files: {{train: {sst2_rows}, validation: {sst2_rows}}}, reader: {{quotin
     [
         ("bert", "head: text_to_text", "task.head: text_to_text needs an encoder-decoder checkpoint"),
         ("bart", "prefix: sst2", "task.prefix: only the text_to_text head reads a task prefix"),
-        ("t5", "head: text_to_text, labels: null, type: regression", "task.head: text_to_text writes class words"),
+        (
+            "t5",
+            "head: text_to_text, labels: null, type: similarity, text_b: s2, target: score",
+            "task.head: text_to_text writes",
+        ),
     ],
 )
 def test_head_mistakes_are_one_line_errors(model, task, message, tmp_path, sst2_rows, request, capsys):

@@ -252,7 +252,7 @@ def test_conversations_without_an_answer_are_counted(tmp_path):
             "data.mixture (tatsu-lab/alpaca): the messages format reads messages; the rows have instruction",
         ),
         (["data.mixture=[{source: tatsu-lab/alpaca, format: alpaca}]"], "data.eval_mixture: name the evaluation"),
-        (["task.text_a=instruction"], "task.text_a: instruction reads its fields from each source's format"),
+        (["task.text_a=instruction"], "task.text_a: unknown key for task type instruction (its fields come from"),
     ],
 )
 def test_bad_instruction_settings_are_one_line(overrides, expected):

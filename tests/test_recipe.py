@@ -44,11 +44,14 @@ def test_every_problem_is_reported_at_once():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["task.type=regression", "task.metrics=null"], "task.labels: a score has no class list"),
-        (["task.type=multiple_choice"], "task.choices: multiple_choice needs the candidate columns"),
-        (["task.type=entailment"], "task.text_b: task type entailment reads a pair"),
-        (["task.target=score"], "task.target: only similarity chooses its target"),
-        (["task.context=q"], "task.context: only applies to task type multiple_choice"),
+        (
+            ["task.type=regression", "task.metrics=null"],
+            "task.labels: unknown key for task type regression; read by classification, entailment, similarity",
+        ),
+        (["task.type=entailment"], "task.text_b: required key is missing"),
+        (["task.target=score"], "task.target: unknown key for task type classification; read by similarity"),
+        (["task.context=q"], "task.context: unknown key for task type classification; read by multiple_choice"),
+        (["task.contxt=q"], "task.contxt: unknown key; did you mean task.context"),
         (["task.text_b=sentence"], "task.text_b: names the same column as task.text_a"),
         (["data.eval_split=train"], "data.eval_split: evaluating on the training split"),
         (["data.files={train: a.csv}"], "data: give exactly one of data.source"),

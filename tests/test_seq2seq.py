@@ -216,9 +216,9 @@ def seq2seq_problems(*overrides: str, recipe: str = "recipes/seq2seq/jfleg-smoll
     [
         (["task.prompt_template='Fix: {sentense}'"], "task.prompt_template ({sentense}): no column 'sentense'"),
         (["task.text_a=sentence"], "task.text_a: seq2seq needs exactly one of task.text_a or task.prompt_template"),
-        (["task.labels=[a, b]"], "task.labels: not read by seq2seq"),
+        (["task.labels=[a, b]"], "task.labels: unknown key for task type seq2seq (a text target has no class list)"),
         (["task.metrics=[accuracy]"], "task.metrics: accuracy does not judge generated text"),
-        (["task.head=text_to_text"], "task.head: seq2seq generates with the model's own"),
+        (["task.head=text_to_text"], "task.head: unknown key for task type seq2seq (it generates with the model's own"),
         (["data.max_target_length=192"], "data.max_target_length: a decoder reads prompt and target as one sequence"),
         (["generation.length_penalty=2.0"], "generation.length_penalty: only beam search reads it"),
         (["task.references=[nope]"], "task.references[0]: no column 'nope' in split 'test'"),
@@ -233,7 +233,7 @@ def test_generation_settings_on_a_classifier_are_refused():
     found = seq2seq_problems("generation.num_beams=4", recipe="recipes/glue/sst2-minilm.yaml")
     assert found == ["generation: task type classification does not generate text; remove the section"]
     found = seq2seq_problems("task.metrics=[rougeL]", recipe="recipes/glue/sst2-minilm.yaml")
-    assert found[0].startswith("task.metrics: rougeL judges generated text; task type classification")
+    assert found[0].startswith("task.metrics: rougeL does not judge classes (task type classification)")
 
 
 def test_empty_targets_are_a_reported_note_and_an_all_empty_split_an_error(tmp_path):

@@ -11,7 +11,7 @@ from conftest import GLUE, MINILM, SHARED_DATA, recipe_file, run_cli, sample_fil
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.batching import GroupCollator
-from finetune.fields import answer_index, candidates_of, context_of
+from finetune.fields import answer_index
 from finetune.mirrors import resolve_model
 from finetune.recipe import validate_dict
 from finetune.tasks import build_task
@@ -131,26 +131,25 @@ def test_choice_layouts_map_with_recipe_fields():
         context_template="{premise} What was the {question} of this?",
         choices=["choice1", "choice2"],
     )
-    assert context_of(copa, copa_spec) == "My body cast a shadow over the grass. What was the cause of this?"
-    assert candidates_of(copa, copa_spec) == (["The sun was rising.", "The grass was cut."], None)
+    assert copa_spec.context_of(copa) == "My body cast a shadow over the grass. What was the cause of this?"
+    assert copa_spec.candidates_of(copa) == (["The sun was rising.", "The grass was cut."], None)
 
     csqa = json.loads((SHARED_DATA / "choice/commonsenseqa/dev.jsonl").read_text().splitlines()[0])
     csqa_spec = spec(**NESTED_CHOICES)
-    texts, names = candidates_of(csqa, csqa_spec)
+    texts, names = csqa_spec.candidates_of(csqa)
     assert len(texts) == 5 and names == ["A", "B", "C", "D", "E"] and answer_index(csqa["answerKey"], names, 5) == 0
     # the Hub's layout stores candidates as a record of lists; the same fields read it
     hub_row = {"choices": {"text": texts, "label": names}}
-    assert candidates_of(
-        hub_row, spec(type="multiple_choice", context="q", choices="choices", choice_text="text", choice_label="label")
-    ) == (texts, names)
+    hub_spec = spec(type="multiple_choice", context="q", choices="choices", choice_text="text", choice_label="label")
+    assert hub_spec.candidates_of(hub_row) == (texts, names)
 
 
 def test_arc_has_three_to_five_candidates_and_digit_keys():
     rows = [json.loads(line) for line in (SHARED_DATA / "choice/arc_easy/dev.jsonl").read_text().splitlines()]
     arc = spec(**NESTED_CHOICES)
-    counts = {len(candidates_of(r, arc)[0]) for r in rows}
+    counts = {len(arc.candidates_of(r)[0]) for r in rows}
     assert {3, 4, 5} <= counts
-    assert all(answer_index(r["answerKey"], candidates_of(r, arc)[1], 5) is not None for r in rows)
+    assert all(answer_index(r["answerKey"], arc.candidates_of(r)[1], 5) is not None for r in rows)
 
 
 @pytest.mark.parametrize("name", ["copa", "commonsenseqa"])

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
 from finetune.recipe.schema import KEY_ALIASES, Recipe
+from finetune.specs import SPEC_BY_TYPE
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -103,12 +104,19 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 def _describe(err: dict[str, Any]) -> str:
     """One line for one pydantic error: the dotted path, then what is wrong."""
     loc = [str(p) for p in err["loc"]]
+    kind = loc.pop(1) if loc[:1] == ["task"] and len(loc) > 1 and loc[1] in SPEC_BY_TYPE else None
     path = ".".join(loc)
     if err["type"] == "extra_forbidden":
-        hint = _nearest_key(loc)
-        return f"{path}: unknown key" + (f"; did you mean {hint}?" if hint else "")
+        return f"{path}: unknown key" + _key_hint(loc, kind)
     if err["type"] == "missing":
         return f"{path}: required key is missing"
+    if err["type"] == "union_tag_not_found":
+        return f"{path}.type: required key is missing (one of {', '.join(SPEC_BY_TYPE)})"
+    if err["type"] == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        match = difflib.get_close_matches(tag, list(SPEC_BY_TYPE), n=1, cutoff=0.6)
+        hint = f"; did you mean {match[0]}?" if match else f" (one of {', '.join(SPEC_BY_TYPE)})"
+        return f"{path}.type: {tag!r} is not a task type{hint}"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":
         return message  # raised by our own validators, which name the field
@@ -117,12 +125,33 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{path or 'recipe'}: {message}{value}"
 
 
-def _nearest_key(loc: list[str]) -> str | None:
+def _key_hint(loc: list[str], kind: str | None) -> str:
+    """The suggestion after an unknown key: for a key that other task types read, which (and why this one does
+    not); else the nearest valid spelling."""
+    if kind is not None:
+        spec, key = SPEC_BY_TYPE[kind], loc[-1]
+        if key in spec.key_hints:
+            return f" for task type {kind} ({spec.key_hints[key]})"
+        readers = [name for name, other in SPEC_BY_TYPE.items() if key in other.model_fields]
+        if readers:
+            return f" for task type {kind}; read by {', '.join(readers)}"
+    hint = _nearest_key(loc, kind)
+    if hint or kind is None:
+        return f"; did you mean {hint}?" if hint else ""
+    keys = {key for other in SPEC_BY_TYPE.values() for key in other.model_fields}
+    match = difflib.get_close_matches(loc[-1], sorted(keys), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    readers = [name for name, other in SPEC_BY_TYPE.items() if match[0] in other.model_fields]
+    return f"; did you mean task.{match[0]} (read by {', '.join(readers)})?"
+
+
+def _nearest_key(loc: list[str], kind: str | None = None) -> str | None:
     """The valid key closest in spelling to the unknown last element of `loc`, as a dotted path."""
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)
-        inner = _section_type(field.annotation) if field else None
+        inner = SPEC_BY_TYPE[kind] if part == "task" and kind else _section_type(field.annotation) if field else None
         if inner is None:
             return None
         model = inner

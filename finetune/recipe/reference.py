@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from finetune.recipe.schema import Recipe
+from finetune.specs import TaskSpecBase
+from finetune.specs.base import FAMILY_ORDER
 
 HEADER = """# Recipe reference
 
@@ -19,12 +21,16 @@ Every key is optional unless its default says *required*. Unknown keys are error
 
 
 def schema_markdown() -> str:
-    """Every recipe option as Markdown tables, one per section."""
+    """Every recipe option as Markdown tables, one per section (and one per task type)."""
     parts = [HEADER]
     for path, model in _sections("", Recipe):
-        parts.append(f"\n## `{path or 'top level'}`\n\n{(model.__doc__ or '').strip()}\n")
+        kind = model.model_fields["type"].annotation.__args__[0] if issubclass(model, TaskSpecBase) else None
+        title = f"`{path}` with `type: {kind}`" if kind else f"`{path or 'top level'}`"
+        parts.append(f"\n## {title}\n\n{_about(model)}\n")
         parts.append("| key | type | default | description |\n|---|---|---|---|")
         for name, field in model.model_fields.items():
+            if kind and name == "type":
+                continue
             key = f"{path}.{name}" if path else name
             parts.append(
                 f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {field.description or ''} |"
@@ -32,23 +38,29 @@ def schema_markdown() -> str:
     return "\n".join(parts) + "\n"
 
 
+def _about(model: type[BaseModel]) -> str:
+    """A section's docstring as one paragraph; a task type's with its default metrics and families."""
+    about = " ".join((model.__doc__ or "").split())
+    if issubclass(model, TaskSpecBase) and isinstance(model.default_metrics, tuple):
+        about += f" Default metrics: {', '.join(model.default_metrics)}."
+    if issubclass(model, TaskSpecBase):
+        about += f" Runs on {', '.join(f for f in FAMILY_ORDER if f in model.families)} checkpoints."
+    return about
+
+
 def _sections(path: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
     found = [(path, model)]
     for name, field in model.model_fields.items():
-        inner = _section_of(field.annotation)
-        if inner is not None:
+        for inner in _sections_of(field.annotation):
             found += _sections(f"{path}.{name}" if path else name, inner)
     return found
 
 
-def _section_of(annotation: Any) -> type[BaseModel] | None:
+def _sections_of(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes in an annotation: one, or each of a union's (the task types)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        inner = _section_of(arg)
-        if inner is not None:
-            return inner
-    return None
+        return [annotation]
+    return [inner for arg in typing.get_args(annotation) for inner in _sections_of(arg)]
 
 
 def _type_name(annotation: Any) -> str:
@@ -64,6 +76,8 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
+        if len(_sections_of(annotation)) > 1:
+            return "section, by type"
         return " \\| ".join(_type_name(a) for a in args)
     if args:
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"

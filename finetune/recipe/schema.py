@@ -6,13 +6,10 @@ Importing this module must stay cheap (no torch, no transformers): `finetune val
 from __future__ import annotations
 
 import codecs
-import string
 from pathlib import Path
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -21,29 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-TaskType = Literal[
-    "classification", "regression", "entailment", "similarity", "multiple_choice", "seq2seq", "instruction"
-]
-PAIR_TYPES = ("entailment", "similarity")
-GENERATIVE_TYPES = ("seq2seq", "instruction")
+from finetune.specs import TaskSpec
+from finetune.specs.base import Section
+
 InstructionFormat = Literal["alpaca", "prompt_completion", "messages", "natural_instructions"]
 Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
-MetricName = Literal[
-    "accuracy",
-    "f1",
-    "matthews_correlation",
-    "pearson",
-    "spearman",
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "bleu",
-    "chrf",
-    "exact_match",
-]
-SCORE_METRICS = ("pearson", "spearman")
-TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
 DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
 
 # Names other tools use for our options, so that a familiar spelling gets the right suggestion.
@@ -61,22 +40,6 @@ KEY_ALIASES: dict[str, str] = {
     "label_column": "label",
     "label_names": "labels",
 }
-
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "classification": ["accuracy"],
-    "regression": ["pearson", "spearman"],
-    "entailment": ["accuracy"],
-    "similarity": ["accuracy"],
-    "multiple_choice": ["accuracy"],
-    "seq2seq": ["rougeL", "rouge1", "rouge2"],
-    "instruction": ["rougeL", "exact_match"],  # Super-NaturalInstructions' own metrics
-}
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are frozen once validated."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSpec(Section):
@@ -112,309 +75,6 @@ class ModelSpec(Section):
         if self.init == "random" and self.pretrained_layers is not None:
             raise ValueError("model.pretrained_layers: needs model.init: pretrained")
         return self
-
-
-class TaskSpec(Section):
-    """What is predicted from which columns. Column names may be dotted paths into nested records (question.stem)."""
-
-    type: TaskType = Field(
-        description="classification (a text or pair to a class), regression (to a number), entailment (an ordered "
-        "pair to a class), similarity (an unordered pair, both orderings summed), multiple_choice (the right answer "
-        "among candidates), seq2seq (a source text to a target text, judged on generated text)."
-    )
-    text_a: str | None = Field(
-        None, description="Column holding the text, the first text (premise) of a pair, or a seq2seq source."
-    )
-    text_b: str | None = Field(None, description="Column holding the second text (hypothesis) of a pair.")
-    label: str = Field(
-        "label",
-        description="Column holding the label (class name or id), the target number, the right answer, or a seq2seq "
-        "target text (a column holding a list of targets trains on each).",
-    )
-    references: list[str] | str | None = Field(
-        None,
-        description="seq2seq: the evaluation split's reference outputs, columns ([summary1, summary2]) or one column "
-        "holding a list; generated text is judged against each (the best match counts). Default: task.label.",
-    )
-    labels: list[str] | None = Field(
-        None,
-        description="Class names in id order; integer labels index this list. Inferred from the train split "
-        "when absent.",
-    )
-    aux_lm_weight: NonNegativeFloat = Field(
-        0.0,
-        description="Decoders: weight of the language-modelling loss on the inputs added to the task loss "
-        "(GPT-1 used 0.5; 0 turns it off).",
-    )
-    prompt_template: str | None = Field(
-        None,
-        description="Zero-shot classification: the prompt before the class word, e.g. '{sentence} It was'; seq2seq: "
-        "the source built from the row instead of task.text_a, e.g. 'Dialogue:\\n{dialogue}\\nSummary:'.",
-    )
-    verbalizer: dict[str, str] | None = Field(
-        None,
-        description="The word for each class: scored after task.prompt_template in zero-shot classification "
-        "({positive: ' great'}), written by a text_to_text head (default: the class names).",
-    )
-    head: Literal["auto", "classifier", "text_to_text"] = Field(
-        "auto",
-        description="Encoder-decoders: classifier (the library's classification head, as BART's paper does) or "
-        "text_to_text (T5: the model writes the class word, scored among the classes' words); auto picks "
-        "text_to_text for T5-style checkpoints, classifier otherwise.",
-    )
-    prefix: str | None = Field(
-        None,
-        description="T5's task prefix: text_to_text writes it before the fields (rte sentence1: ... sentence2: ...), "
-        "seq2seq before the source (summarize: ...).",
-    )
-    target: Literal["class", "score"] = Field(
-        "class", description="similarity only: predict a class (MRPC) or a score with a regression head (STS-B)."
-    )
-    context: str | None = Field(None, description="multiple_choice: column holding the context or question.")
-    context_template: str | None = Field(
-        None,
-        description="multiple_choice: the context built from the row instead, e.g. "
-        "'{premise} What was the {question}?'; fields in braces, nested ones as {question[stem]}.",
-    )
-    choices: list[str] | str | None = Field(
-        None,
-        description="multiple_choice: a list of columns, one per candidate ([choice1, choice2]), or one column "
-        "holding a list of candidates (question.choices).",
-    )
-    choice_text: str | None = Field(
-        None, description="multiple_choice: key of the text inside each candidate, when candidates are records."
-    )
-    choice_label: str | None = Field(
-        None, description="multiple_choice: key of each candidate's name (A, B, ...) that the label column names."
-    )
-    metrics: list[MetricName] | None = Field(
-        None,
-        description="Metrics reported at evaluation, the first one selects the best checkpoint. Default: accuracy; "
-        "pearson and spearman for regression and similarity scores; rougeL, rouge1, rouge2 for seq2seq; rougeL and "
-        "exact_match for instruction.",
-    )
-    f1_average: Literal["auto", "binary", "macro", "micro", "weighted"] = Field(
-        "auto",
-        description="How f1 averages over the classes: binary (the F1 of task.positive_label), macro (the mean over "
-        "every class, one absent from the split scoring 0), micro, or weighted (by each class's count); auto: binary "
-        "with two classes, macro with more, decided by the class list, not by the values a split holds. "
-        "multiple_choice is scored macro over its candidate positions.",
-    )
-    positive_label: str | None = Field(
-        None,
-        description="Binary f1: the class it scores, one of the classes (task.labels, or those inferred). Default: "
-        "the second class (id 1), e.g. 1 of 0/1; inferred names are sorted, so yes of no/yes. Training logs it.",
-    )
-    templates: list[str] | None = Field(
-        None,
-        description="instruction: phrasings of the prompt, one drawn per example (seeded); alpaca rows fill "
-        "{instruction} and {input}, natural_instructions tasks {definition}, {examples} and {input}. Default: "
-        "built-in phrasings per format.",
-    )
-    shots: NonNegativeInt = Field(
-        0,
-        description="instruction: exemplars shown before each prompt (k-shot): a natural_instructions task's "
-        "positive examples, or other training rows of the same source (never its held_out rows).",
-    )
-    chat_template: bool | None = Field(
-        None,
-        description="instruction on decoders: render conversations with the tokenizer's own chat template; default "
-        "(null) uses it when the tokenizer has one.",
-    )
-
-    @model_validator(mode="after")
-    def _instruction_fields(self) -> TaskSpec:
-        instruction_only = ("templates", "chat_template")
-        if self.type != "instruction":
-            used = [f for f in instruction_only if getattr(self, f) is not None] + (["shots"] if self.shots else [])
-            if used:
-                raise ValueError(f"task.{used[0]}: only applies to task type instruction")
-            return self
-        columns = ("text_a", "text_b", "prompt_template", "references", "prefix", "labels", "verbalizer")
-        used = [f for f in columns if getattr(self, f) is not None] + (["label"] if self.label != "label" else [])
-        if used:
-            raise ValueError(f"task.{used[0]}: instruction reads its fields from each source's format (data.mixture)")
-        for template in self.templates or []:
-            try:
-                list(string.Formatter().parse(template))
-            except ValueError as exc:
-                raise ValueError(f"task.templates: {exc} in {template!r}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _seq2seq_fields(self) -> TaskSpec:
-        if self.type not in GENERATIVE_TYPES:
-            if self.references is not None:
-                raise ValueError("task.references: only applies to task type seq2seq")
-            return self
-        if self.type == "instruction":
-            return self
-        if (self.text_a is None) == (self.prompt_template is None):
-            raise ValueError("task.text_a: seq2seq needs exactly one of task.text_a or task.prompt_template (source)")
-        not_read = {
-            "text_b": "combine columns with task.prompt_template",
-            "labels": "a text target has no class list",
-            "verbalizer": "a text target has no class words",
-            "aux_lm_weight": "the loss already is the language-modelling loss on the target",
-        }
-        for key, why in not_read.items():
-            if getattr(self, key):
-                raise ValueError(f"task.{key}: not read by seq2seq ({why})")
-        if self.head != "auto":
-            raise ValueError("task.head: seq2seq generates with the model's own language-modelling head; remove it")
-        if self.target != "class":
-            raise ValueError("task.target: only similarity chooses its target")
-        return self
-
-    @model_validator(mode="after")
-    def _columns_for_the_type(self) -> TaskSpec:
-        if self.type in GENERATIVE_TYPES:
-            return self
-        if self.type != "multiple_choice" and self.text_a is None:
-            raise ValueError(f"task.text_a: task type {self.type} needs the text column")
-        if self.type in PAIR_TYPES and self.text_b is None:
-            raise ValueError(f"task.text_b: task type {self.type} reads a pair; name the second text's column")
-        if self.text_b is not None and self.text_b == self.text_a:
-            raise ValueError("task.text_b: names the same column as task.text_a")
-        return self
-
-    @model_validator(mode="after")
-    def _multiple_choice_fields(self) -> TaskSpec:
-        choice_fields = ("context", "context_template", "choices", "choice_text", "choice_label")
-        if self.type != "multiple_choice":
-            used = [f for f in choice_fields if getattr(self, f) is not None]
-            if used:
-                raise ValueError(f"task.{used[0]}: only applies to task type multiple_choice")
-            return self
-        if self.choices is None:
-            raise ValueError("task.choices: multiple_choice needs the candidate columns")
-        if (self.context is None) == (self.context_template is None):
-            raise ValueError("task.context: multiple_choice needs exactly one of task.context or task.context_template")
-        if self.text_a is not None or self.text_b is not None:
-            raise ValueError("task.text_a: multiple_choice reads task.context and task.choices instead")
-        if self.labels is not None:
-            raise ValueError("task.labels: multiple_choice labels name the right candidate; remove the class list")
-        if isinstance(self.choices, list) and (self.choice_text or self.choice_label):
-            raise ValueError("task.choice_text: applies when task.choices names one column holding a list")
-        return self
-
-    @model_validator(mode="after")
-    def _metrics_fit_the_output(self) -> TaskSpec:
-        for name in self.metrics or []:
-            if (name in TEXT_METRICS) != self.generates:
-                if self.generates:
-                    raise ValueError(
-                        f"task.metrics: {name} does not judge generated text; use {', '.join(TEXT_METRICS)}"
-                    )
-                raise ValueError(f"task.metrics: {name} judges generated text; task type {self.type} does not generate")
-            if (name in SCORE_METRICS) != self.predicts_score:
-                kind = "a score" if self.predicts_score else "classes or candidates"
-                raise ValueError(
-                    f"task.metrics: {name} does not judge {kind}; use "
-                    + ("pearson, spearman" if self.predicts_score else "accuracy, f1, matthews_correlation")
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _text_to_text_writes_words(self) -> TaskSpec:
-        if self.head == "text_to_text" and self.predicts_score:
-            raise ValueError(
-                "task.head: text_to_text writes class words, not scores; use task.head: classifier for a score"
-            )
-        if self.prefix is not None and self.head == "classifier":
-            raise ValueError("task.prefix: only the text_to_text head reads a task prefix")
-        return self
-
-    @model_validator(mode="after")
-    def _verbalizer_covers_the_classes(self) -> TaskSpec:
-        if self.verbalizer is not None:
-            if not self.has_classes:
-                raise ValueError("task.verbalizer: only tasks that predict classes are scored by class words")
-            if self.labels is not None and set(self.verbalizer) != set(self.labels):
-                raise ValueError(f"task.verbalizer: needs one word for each of task.labels ({', '.join(self.labels)})")
-        return self
-
-    @model_validator(mode="after")
-    def _templates_parse(self) -> TaskSpec:
-        for key in ("context_template", "prompt_template"):
-            try:
-                list(string.Formatter().parse(getattr(self, key) or ""))
-            except ValueError as exc:
-                raise ValueError(f"task.{key}: {exc}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _scores_have_no_classes(self) -> TaskSpec:
-        if self.target == "score" and self.type != "similarity":
-            raise ValueError("task.target: only similarity chooses its target; use type: regression for scores")
-        if self.predicts_score and self.labels is not None:
-            raise ValueError("task.labels: a score has no class list; remove it or predict classes")
-        return self
-
-    @model_validator(mode="after")
-    def _labels_are_unique(self) -> TaskSpec:
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ValueError("task.labels: class names must be unique")
-        if self.labels is not None and len(self.labels) < 2:
-            raise ValueError("task.labels: a classification task needs at least two classes")
-        return self
-
-    @model_validator(mode="after")
-    def _f1_options_fit(self) -> TaskSpec:
-        used = [f for f in ("f1_average", "positive_label") if getattr(self, f) not in ("auto", None)]
-        if used and not self.has_classes:
-            raise ValueError(f"task.{used[0]}: only tasks that predict classes choose how f1 averages")
-        if used and "f1" not in self.metric_names:
-            raise ValueError(f"task.{used[0]}: only applies when task.metrics includes f1")
-        if self.labels is not None:
-            self.f1_averaging(self.labels)
-        return self
-
-    def f1_averaging(self, labels: list[str]) -> tuple[str, int]:
-        """f1's averaging over these classes and the id of its positive class (read by binary); a ValueError
-        naming the field when task.f1_average or task.positive_label does not fit them."""
-        average = self.f1_average if self.f1_average != "auto" else ("binary" if len(labels) == 2 else "macro")
-        if average == "binary" and len(labels) != 2:
-            raise ValueError(
-                f"task.f1_average: binary needs exactly two classes, not {len(labels)} ({', '.join(labels)}); "
-                "use macro, micro or weighted"
-            )
-        if self.positive_label is None:
-            return average, 1
-        if self.positive_label not in labels:
-            raise ValueError(
-                f"task.positive_label: {self.positive_label!r} is not one of the classes ({', '.join(labels)})"
-            )
-        if average != "binary":
-            raise ValueError(f"task.positive_label: only binary f1 has a positive class; f1 averages {average} here")
-        return average, labels.index(self.positive_label)
-
-    @property
-    def predicts_score(self) -> bool:
-        """A regression head (one number), not classes or candidates."""
-        return self.type == "regression" or (self.type == "similarity" and self.target == "score")
-
-    @property
-    def has_classes(self) -> bool:
-        return not self.predicts_score and self.type != "multiple_choice" and not self.generates
-
-    @property
-    def generates(self) -> bool:
-        """The model writes text (seq2seq), judged by text metrics on what it generates."""
-        return self.type in GENERATIVE_TYPES
-
-    @property
-    def reference_fields(self) -> list[str]:
-        """seq2seq: the evaluation split's reference columns (one may hold a list)."""
-        refs = self.references or self.label
-        return [refs] if isinstance(refs, str) else list(refs)
-
-    @property
-    def metric_names(self) -> list[str]:
-        """The metrics to report, the recipe's or the task type's default."""
-        if self.metrics:
-            return list(self.metrics)
-        return list(DEFAULT_METRICS["regression" if self.predicts_score else self.type])
 
 
 class ReaderSpec(Section):
@@ -705,7 +365,7 @@ class Recipe(Section):
     )
     description: str = Field("", description="What this recipe is for, in a sentence.")
     model: ModelSpec = Field(description="The pretrained checkpoint; a string is shorthand for model.name.")
-    task: TaskSpec = Field(description="The task type and the columns it reads.")
+    task: TaskSpec = Field(description="The task type, the columns it reads and its own settings, by type.")
     data: DataSpec = Field(description="The dataset.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
     peft: PeftSpec | None = Field(
@@ -757,13 +417,14 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def _instruction_reads_a_mixture(self) -> Recipe:
-        if (self.task.type == "instruction") != (self.data.mixture is not None):
+    def _mixture_for_the_task(self) -> Recipe:
+        kind = self.task.type
+        if self.task.reads_mixture != (self.data.mixture is not None):
             if self.data.mixture is not None:
-                raise ValueError(f"data.mixture: only task type instruction reads a mixture, not {self.task.type}")
-            raise ValueError("data.mixture: task type instruction reads its sources from data.mixture")
-        if self.data.packing is True and not self.task.generates:
-            raise ValueError("data.packing: packs seq2seq and instruction examples for decoders")
+                raise ValueError(f"data.mixture: task type {kind} reads data.source or data.files, not a mixture")
+            raise ValueError(f"data.mixture: task type {kind} reads its sources from data.mixture")
+        if self.data.packing is True and not self.task.packs:
+            raise ValueError(f"data.packing: task type {kind} has no examples to pack (seq2seq and instruction do)")
         return self
 
     @model_validator(mode="after")

@@ -1,26 +1,24 @@
 """Task types, one module each: how examples are formatted, labelled, run, scored and decoded."""
 
+import importlib
+
 from transformers import PreTrainedTokenizerBase
 
-from finetune.recipe.schema import Recipe, TaskSpec
+from finetune.recipe.schema import Recipe
+from finetune.specs import TaskSpec
 from finetune.tasks.base import Task
-from finetune.tasks.classification import Classification
 from finetune.tasks.instruction import Instruction
-from finetune.tasks.multiple_choice import MultipleChoice
-from finetune.tasks.regression import Regression
 from finetune.tasks.seq2seq import Seq2Seq
-from finetune.tasks.similarity import Similarity
 from finetune.tasks.text_to_text import TextToText
 
-TASKS: dict[str, type[Task]] = {
-    "classification": Classification,
-    "entailment": Classification,  # an ordered pair: the pair encoding keeps premise and hypothesis apart
-    "regression": Regression,
-    "similarity": Similarity,
-    "multiple_choice": MultipleChoice,
-    "seq2seq": Seq2Seq,
-    "instruction": Instruction,
-}
+
+def task_class(spec: TaskSpec) -> type[Task]:
+    """The torch half of a task type, as its spec names it; a text_to_text head (T5) formats every task type as
+    source and target texts instead."""
+    if spec.text_to_text:
+        return TextToText
+    module, name = spec.task_class.split(":")
+    return getattr(importlib.import_module(f"finetune.tasks.{module}"), name)
 
 
 def build_task(
@@ -32,10 +30,10 @@ def build_task(
     packing: bool = False,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Task:
-    """The task object for a task section, whole (the arguments as `Task` takes them). A text_to_text head (T5)
-    formats every task type as source and target texts instead."""
-    kind = TextToText if spec.head == "text_to_text" else TASKS[spec.type]
-    return kind(spec, labels, family, max_target_length=max_target_length, packing=packing, tokenizer=tokenizer)
+    """The task object for a task section, whole (the arguments as `Task` takes them)."""
+    return task_class(spec)(
+        spec, labels, family, max_target_length=max_target_length, packing=packing, tokenizer=tokenizer
+    )
 
 
 def prepare_task(
@@ -54,4 +52,4 @@ def prepare_task(
     )
 
 
-__all__ = ["TASKS", "Instruction", "Seq2Seq", "Task", "TextToText", "build_task", "prepare_task"]
+__all__ = ["Instruction", "Seq2Seq", "Task", "TextToText", "build_task", "prepare_task", "task_class"]

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
-from finetune.fields import get_field, task_fields
+from finetune.fields import get_field
 from finetune.heads import add_gpt1_tokens
 from finetune.losses import Loss, count_targets, example_loss, lm_targets
-from finetune.recipe.schema import TaskSpec
+from finetune.specs import TaskSpec
 
 
 def batch_rows(batch: dict[str, list]) -> list[dict[str, Any]]:
@@ -87,14 +87,20 @@ class Task:
     @property
     def text_fields(self) -> list[str]:
         """The top-level columns a prediction input must have (everything but the label)."""
-        return list(dict.fromkeys(path.split(".")[0] for path in task_fields(self.spec, "input").values()))
+        return list(dict.fromkeys(path.split(".")[0] for path in self.spec.fields("input").values()))
 
     @property
     def metric_names(self) -> list[str]:
         return self.spec.metric_names
 
-    def encode_label(self, value: Any, row: int) -> int | float:
-        raise NotImplementedError
+    def encode_label(self, row: dict[str, Any], number: int) -> int | float:
+        """The row's label as the model trains on it (the spec's reader); an error naming row `number` if unreadable."""
+        return self.spec.encode_label(row, self.labels, number)
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The Hub's name for what the model does."""
+        return self.spec.pipeline_tag
 
     def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
         """One row's text (or pair) as token ids, token types and attention mask."""
@@ -135,7 +141,7 @@ class Task:
         encoded = [self.encode_texts(row, tokenizer, max_length) for row in rows]
         features = {key: [e[key] for e in encoded] for key in encoded[0]} if encoded else {}
         if rows and self.spec.label.split(".")[0] in rows[0]:
-            features["labels"] = [self.encode_label(get_field(r, self.spec.label), i) for i, r in enumerate(rows)]
+            features["labels"] = [self.encode_label(r, i) for i, r in enumerate(rows)]
         return features
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> Any:

@@ -6,8 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from finetune.errors import FinetuneError
-from finetune.labels import label_id
 from finetune.tasks.base import Task, softmax
 
 
@@ -18,13 +16,6 @@ class Classification(Task):
     @property
     def num_labels(self) -> int:
         return len(self.labels)
-
-    def encode_label(self, value: Any, row: int) -> int:
-        found = label_id(value, self.labels)
-        if found is None:
-            classes = ", ".join(self.labels)
-            raise FinetuneError(f"task.label: {value!r} in row {row} is not one of the classes ({classes})")
-        return found
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         return [

@@ -14,8 +14,6 @@ from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassif
 
 from finetune.batching import GroupCollator
 from finetune.columns import CHOICE_MASK
-from finetune.errors import FinetuneError
-from finetune.fields import answer_index, candidates_of, context_of, get_field
 from finetune.tasks.base import Task, batch_rows, softmax
 
 
@@ -36,24 +34,14 @@ class MultipleChoice(Task):
         """Each row becomes k (context, candidate) pairs and the index of the right candidate."""
         features: dict[str, list] = {}
         for number, row in enumerate(batch_rows(batch)):
-            texts, names = candidates_of(row, self.spec)
-            context = context_of(row, self.spec)
+            texts, _ = self.spec.candidates_of(row)
+            context = self.spec.context_of(row)
             pairs = [self.encode(tokenizer, max_length, context, text) for text in texts]
             for key in pairs[0]:
                 features.setdefault(key, []).append([pair[key] for pair in pairs])  # k sequences
             if self.spec.label.split(".")[0] in row:
-                value = get_field(row, self.spec.label)
-                features.setdefault("labels", []).append(
-                    self.check_answer(answer_index(value, names, len(texts)), value, number)
-                )
+                features.setdefault("labels", []).append(self.encode_label(row, number))
         return features
-
-    @staticmethod
-    def check_answer(answer: int | None, value: Any, row: int) -> int:
-        """The right candidate's index, or an error naming the row whose label names none."""
-        if answer is None:
-            raise FinetuneError(f"task.label: {value!r} in row {row} names no candidate")
-        return answer
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
         return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)

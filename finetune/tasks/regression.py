@@ -8,8 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune.errors import FinetuneError
-from finetune.labels import regression_target
 from finetune.tasks.base import Task
 
 
@@ -20,12 +18,6 @@ class Regression(Task):
     @property
     def num_labels(self) -> int:
         return 1
-
-    def encode_label(self, value: Any, row: int) -> float:
-        target = regression_target(value)
-        if target is None:
-            raise FinetuneError(f"task.label: {value!r} in row {row} is not a number")
-        return target
 
     def example_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.reshape(-1), labels.float(), reduction="none")

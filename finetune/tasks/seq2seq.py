@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from finetune import columns
-from finetune.fields import get_field, references_of, source_of, texts_of
+from finetune.fields import get_field, texts_of
 from finetune.lm_loss import causal_lm_loss
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
 from finetune.recipe.schema import GenerationSpec
@@ -51,6 +51,10 @@ class Seq2Seq(Task):
     @property
     def peft_task_type(self) -> str:
         return "SEQ_2_SEQ_LM" if self.family == "encoder-decoder" else "CAUSAL_LM"
+
+    @property
+    def pipeline_tag(self) -> str:
+        return "text-generation" if self.family == "decoder" else "text2text-generation"
 
     @property
     def num_labels(self) -> int:
@@ -75,7 +79,7 @@ class Seq2Seq(Task):
         """Training rows: one example per (source, target); a list-valued target column gives one per target."""
         pairs = []
         for row in batch_rows(batch):
-            source = source_of(row, self.spec)
+            source = self.spec.source_of(row)
             pairs += [(source, target, None) for target in texts_of(get_field(row, self.spec.label))]
         return self._encode(pairs, tokenizer, max_length)
 
@@ -85,8 +89,8 @@ class Seq2Seq(Task):
         """Evaluation rows: one example each, its references kept beside it; the loss is on the first one."""
         pairs = []
         for row in batch_rows(batch):
-            references = [r for r in references_of(row, self.spec) if r.strip()]
-            pairs.append((source_of(row, self.spec), references[0] if references else "", references))
+            references = [r for r in self.spec.references_of(row) if r.strip()]
+            pairs.append((self.spec.source_of(row), references[0] if references else "", references))
         return self._encode(pairs, tokenizer, max_length)
 
     def format_inputs(
@@ -94,7 +98,7 @@ class Seq2Seq(Task):
     ) -> dict[str, list]:
         """Prediction rows: the source only (every row is kept; an empty source generates from the prompt alone)."""
         return self._encode(
-            [(source_of(row, self.spec), None, None) for row in batch_rows(batch)], tokenizer, max_length
+            [(self.spec.source_of(row), None, None) for row in batch_rows(batch)], tokenizer, max_length
         )
 
     def _encode(

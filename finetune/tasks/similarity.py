@@ -25,7 +25,7 @@ from finetune.batching import GroupCollator
 from finetune.columns import CHOICE_MASK
 from finetune.errors import FinetuneError
 from finetune.fields import get_field
-from finetune.recipe.schema import TaskSpec
+from finetune.specs import TaskSpec
 from finetune.tasks.base import Task
 from finetune.tasks.classification import Classification
 from finetune.tasks.regression import Regression
@@ -44,9 +44,6 @@ class Similarity(Task):
     @property
     def num_labels(self) -> int:
         return self.head.num_labels
-
-    def encode_label(self, value: Any, row: int) -> int | float:
-        return self.head.encode_label(value, row)
 
     def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
         """Both orderings: `[start] a [delim] b [extract]` and `[start] b [delim] a [extract]`."""

@@ -26,9 +26,9 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune.batching import group_mask, pad_groups
 from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
-from finetune.fields import answer_index, candidates_of, context_of, get_field
+from finetune.fields import get_field
 from finetune.losses import Loss, example_loss
-from finetune.recipe.schema import TaskSpec
+from finetune.specs import TaskSpec
 from finetune.tasks.base import Task, batch_rows, untruncated_length
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
@@ -40,7 +40,8 @@ class TextToText(Task):
     model_class = AutoModelForSeq2SeqLM
 
     def __init__(self, spec: TaskSpec, labels: list[str] | None, *args: Any, **kwargs: Any) -> None:
-        self.head = MultipleChoice(spec, None) if spec.type == "multiple_choice" else Classification(spec, labels)
+        candidates = spec.predicts == "candidate"
+        self.head = MultipleChoice(spec, None) if candidates else Classification(spec, labels)
         super().__init__(spec, labels, *args, **kwargs)
 
     @property
@@ -56,11 +57,11 @@ class TextToText(Task):
     def sources(self, row: dict[str, Any]) -> list[str]:
         """The source text(s) of one row: one, or both orderings of a similarity pair (names keep their places)."""
         prefix = [self.spec.prefix] if self.spec.prefix else []
-        if self.spec.type == "multiple_choice":
-            return [" ".join([*prefix, context_of(row, self.spec)])]
+        if self.spec.predicts == "candidate":
+            return [" ".join([*prefix, self.spec.context_of(row)])]
         paths = [path for path in (self.spec.text_a, self.spec.text_b) if path]
         names, texts = [path.split(".")[-1] for path in paths], [str(get_field(row, path)) for path in paths]
-        orderings = [texts, texts[::-1]] if self.spec.type == "similarity" else [texts]
+        orderings = [texts, texts[::-1]] if self.spec.symmetric else [texts]
         return [" ".join([*prefix, *(f"{n}: {t}" for n, t in zip(names, ordering))]) for ordering in orderings]
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
@@ -82,17 +83,12 @@ class TextToText(Task):
             )
             features["attention_mask"].append([e["attention_mask"] for e in encoded])
             if self.labels is None:  # multiple choice: the row's own candidates
-                texts, names = candidates_of(row, self.spec)
+                texts, _ = self.spec.candidates_of(row)
                 features["target_ids"].append(self._tokenize_targets(tokenizer, texts, max_length))
             else:
                 features["target_ids"].append(class_targets)
             if label_column in row:
-                value = get_field(row, self.spec.label)
-                if self.labels is None:
-                    answer = answer_index(value, names, len(texts))
-                    features.setdefault("labels", []).append(self.head.check_answer(answer, value, number))
-                else:
-                    features.setdefault("labels", []).append(self.head.encode_label(value, number))
+                features.setdefault("labels", []).append(self.encode_label(row, number))
         return features
 
     @staticmethod
@@ -130,7 +126,7 @@ class TextToText(Task):
         labels = batch.get("labels")
         if labels is None:
             return None, scores
-        if self.spec.type == "multiple_choice":  # GPT-1's loss: softmax over the candidates' scores
+        if self.spec.predicts == "candidate":  # GPT-1's loss: softmax over the candidates' scores
             return example_loss(self.example_losses(scores, labels)), scores
         # classes: teacher-forced cross-entropy on the right class word's tokens (T5's loss), per token
         right = scores.gather(1, labels.view(-1, 1)).squeeze(1)  # (B,)
@@ -139,6 +135,10 @@ class TextToText(Task):
 
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         return self.head.describe(logits)
+
+    @property
+    def pipeline_tag(self) -> str:
+        return "text2text-generation"
 
 
 class TextToTextCollator:
