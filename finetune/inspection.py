@@ -38,7 +38,7 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
             if name in features
         }
         if grouped:
-            lines.append(f" {_group_name(task)} {i}:")
+            lines.append(f" {task.group_name} {i}:")
         rows = {"token": tokenizer.convert_ids_to_tokens(layout.pop("input_ids"))}
         rows.update({name.removesuffix("_ids").replace("attention_mask", "attention"): v for name, v in layout.items()})
         lines += _columns(rows, width=width)
@@ -80,10 +80,6 @@ def _render_seq2seq(
     lines += _columns({"token": tokenizer.convert_ids_to_tokens(ids)}, width=width)
     lines.append("  decoder target (loss on every token):")
     return "\n".join(lines + _columns({"token": tokenizer.convert_ids_to_tokens(target)}, width=width))
-
-
-def _group_name(task: Task) -> str:
-    return {"multiple_choice": "candidate", "text_to_text": "source"}.get(task.name, "ordering")
 
 
 def _label_text(label: Any, task: Task) -> str:

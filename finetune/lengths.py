@@ -38,8 +38,6 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
     if any(SKIP not in ds.column_names for ds in tokenized.values()):
         return input_token_report(tokenized)
     report, kept = {}, {}
-    # an instruction decoder's responses share data.max_length with the prompt; they have no limit of their own
-    target_limit = None if task.name == "instruction" and task.family == "decoder" else task.max_target_length
     for key, ds in tokenized.items():
         reasons, cuts = ds[SKIP], ds[TARGET_CUT]  # each column read once: a Dataset builds it on every access
         skips = Counter(reason for reason in reasons if reason)
@@ -52,7 +50,7 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
             "target_tokens": _summary(targets),
             "truncated_sources": sum(p < s for p, s in zip(prompts, sources)),
             "truncated_targets": sum(cuts),
-            "limits": {"max_length": max_length, "max_target_length": target_limit},
+            "limits": {"max_length": max_length, "max_target_length": task.target_limit},
             "histogram": {"source": sources, "target": targets},
         }
         origins = ds[ORIGIN] if ORIGIN in ds.column_names else []

@@ -30,6 +30,7 @@ class Task:
 
     name: str
     problem_type: str | None
+    group_name = "ordering"  # what each sequence of a grouped example is (`finetune inspect`)
     model_class = AutoModelForSequenceClassification
 
     def __init__(

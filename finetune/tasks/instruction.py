@@ -31,6 +31,11 @@ ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 class Instruction(Seq2Seq):
     name = "instruction"
 
+    @property
+    def target_limit(self) -> int | None:
+        """A decoder's responses share data.max_length with the prompt; they have no limit of their own."""
+        return None if self.family == "decoder" else self.max_target_length
+
     def uses_chat_template(self, tokenizer: PreTrainedTokenizerBase) -> bool:
         """A decoder renders with the tokenizer's chat template unless the recipe turns it off (or there is none)."""
         chosen = self.spec.chat_template

@@ -19,6 +19,7 @@ from finetune.tasks.base import Task, batch_rows, softmax
 
 class MultipleChoice(Task):
     name = "multiple_choice"
+    group_name = "candidate"
     problem_type = None  # the multiple-choice head has one output per candidate; configs accept no name for it
 
     @property

@@ -53,6 +53,11 @@ class Seq2Seq(Task):
         return "SEQ_2_SEQ_LM" if self.family == "encoder-decoder" else "CAUSAL_LM"
 
     @property
+    def target_limit(self) -> int | None:
+        """The tokens a target may have of its own (data.max_target_length)."""
+        return self.max_target_length
+
+    @property
     def pipeline_tag(self) -> str:
         return "text-generation" if self.family == "decoder" else "text2text-generation"
 

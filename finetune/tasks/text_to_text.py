@@ -36,6 +36,7 @@ from finetune.tasks.multiple_choice import MultipleChoice
 
 class TextToText(Task):
     name = "text_to_text"
+    group_name = "source"
     problem_type = None
     model_class = AutoModelForSeq2SeqLM
 
