@@ -68,6 +68,22 @@ class GroupCollator:
         return batch
 
 
+def pad_sequences(
+    sequences: list[list[int]], value: int, multiple: int | None = None, left: bool = False
+) -> torch.Tensor:
+    """Sequences padded with `value` to the longest (rounded up to a `multiple`), on the right or the left.
+
+    >>> pad_sequences([[1, 2, 3], [4]], 0).tolist(), pad_sequences([[1, 2], [3]], 0, left=True).tolist()
+    ([[1, 2, 3], [4, 0, 0]], [[1, 2], [0, 3]])
+    """
+    width = max(len(s) for s in sequences)
+    if multiple:
+        width = -(-width // multiple) * multiple
+    return torch.tensor(
+        [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in sequences]
+    )
+
+
 def pad_groups(
     features: list[dict], keys: list[str], pads: dict[str, int], pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:

@@ -199,4 +199,4 @@ def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: i
         label = row.get("labels")
         if isinstance(label, list):  # a generated target: the learned tokens as text
             label = repr(tokenizer.decode([t for t in label if t >= 0]))
-        log.info("sample %d: %s | label %s", index, " || ".join(texts), label)
+        log.info("sample %d: %s", index, " || ".join(texts) + (f" | label {label}" if label is not None else ""))

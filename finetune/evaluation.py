@@ -4,6 +4,7 @@ generate the outputs and judge the text."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from finetune.columns import GROUP, PROMPT_LENGTH, REFERENCES
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.recipe.schema import GenerationSpec
 from finetune.tasks import Seq2Seq, Task
+
+MAX_LOG_PERPLEXITY = 700.0  # exp() of more overflows a float; metrics files hold finite numbers only
 
 
 @torch.no_grad()
@@ -50,6 +53,20 @@ def evaluate_model(
     metrics = compute_metrics(task.metric_names, task.metric_inputs(logits), labels, f1)
     metrics["eval_loss"] = task.loss(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {name: round(value, 6) for name, value in metrics.items()}
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: torch.nn.Module, loader: DataLoader, task: Task, accelerator: Accelerator
+) -> dict[str, float]:
+    """A language model's mean loss per target token over the whole split (`eval_loss`) and its perplexity."""
+    model.eval()
+    total = torch.zeros(2)
+    for batch in loader:
+        loss, _ = task.forward(model, batch)
+        total += accelerator.gather_for_metrics(torch.stack(loss.per_example, dim=1)).cpu().sum(0)  # (N, 2) summed
+    mean = (total[0] / total[1].clamp(min=1)).item()
+    return {"perplexity": round(math.exp(min(mean, MAX_LOG_PERPLEXITY)), 6), "eval_loss": round(mean, 6)}
 
 
 @torch.no_grad()

@@ -26,6 +26,8 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
     width = shutil.get_terminal_size((120, 20)).columns
     if task.spec.generates:
         return _render_seq2seq(index, features, tokenizer, task, width)
+    if task.spec.predicts == "tokens":
+        return _render_block(index, features, tokenizer, task, width)
     ids = features["input_ids"]
     grouped = bool(ids) and isinstance(ids[0], list)
     sequences = range(len(ids)) if grouped else [None]
@@ -47,6 +49,35 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
         targets = [tokenizer.decode(ids, skip_special_tokens=True) for ids in features["target_ids"]]
         lines.append("  targets  " + " | ".join(f"{t}*" if i == right else t for i, t in enumerate(targets)))
     return "\n".join(lines)
+
+
+def _render_block(
+    index: int, features: dict[str, Any], tokenizer: PreTrainedTokenizerBase, task: Task, width: int
+) -> str:
+    """A language-modelling block: its tokens as the model reads them (a training block masked or corrupted as the
+    collator would, with a seed of its own) and where the loss reads a label: the original token under a mask, the
+    next token for causal LM; span corruption's decoder target follows.
+
+    >>> print(render_example(0, example, tok, masked_lm_task))  # doctest: +SKIP
+    example 0: block of 7 tokens, 1 masked
+      token  [CLS] a [MASK] film [SEP]
+      target .     . fine   .    .
+    """
+    if "labels" not in features:  # a training block: masked when it is drawn
+        features = task.collator(tokenizer, None).fixed(features)
+    ids, labels = features["input_ids"], features["labels"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    if task.spec.objective == "causal":
+        head = f"example {index}: block of {len(ids)} tokens, {len(ids) - 1} predicted from the ones before"
+        return "\n".join([head, *_columns({"token": tokens}, width=width)])
+    if task.spec.objective == "masked":
+        targets = [tokenizer.convert_ids_to_tokens(t) if t != -100 else "." for t in labels]
+        head = f"example {index}: block of {len(ids)} tokens, {sum(t != -100 for t in labels)} masked"
+        return "\n".join([head, *_columns({"token": tokens, "target": targets}, width=width)])
+    lines = [f"example {index}: corrupted block of {len(ids)} tokens, target {len(labels)} tokens"]
+    lines += _columns({"token": tokens}, width=width)
+    lines.append("  decoder target (loss on every token):")
+    return "\n".join(lines + _columns({"token": tokenizer.convert_ids_to_tokens(labels)}, width=width))
 
 
 def _render_seq2seq(

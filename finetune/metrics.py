@@ -36,6 +36,7 @@ GREATER_IS_BETTER = {
     "chrf": True,
     "exact_match": True,
     "loss": False,
+    "perplexity": False,
 }
 
 

@@ -19,7 +19,7 @@ from finetune.accelerator import make_accelerator, settle_precision
 from finetune.adapters import check_quantization_device
 from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
-from finetune.evaluation import evaluate_generation, evaluate_model, generate_texts, predict_logits
+from finetune.evaluation import evaluate_generation, evaluate_model, evaluate_tokens, generate_texts, predict_logits
 from finetune.export import push_run, write_model_card
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, token_metrics, without_histograms
@@ -145,6 +145,8 @@ def evaluator(
 ) -> Callable[[Any, DataLoader, int | None], dict[str, float]]:
     """The evaluation function for a task: metrics over the loader; seq2seq generates, and writes its predictions
     to `predictions_path(step)`."""
+    if task.spec.predicts == "tokens":
+        return lambda model, loader, step=None: evaluate_tokens(model, loader, task, accelerator)
     if not task.spec.generates:
         return lambda model, loader, step=None: evaluate_model(model, loader, task, accelerator)
 

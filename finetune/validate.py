@@ -90,9 +90,9 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     data, task = recipe.data, recipe.task
     if report.family is not None:
         report.problems.extend(task.family_problems(report.family, spec.name, data.max_length, data.max_target_length))
-    if data.packing is True and report.family == "encoder-decoder":
+    if data.packing is True and report.family not in (None, "decoder"):
         report.problems.append(
-            f"data.packing: packs a decoder's sequences; {spec.name} is an encoder-decoder, whose batches are padded"
+            f"data.packing: packs a decoder's sequences; {spec.name} is an {report.family}, whose batches are padded"
         )
     _check_head(recipe, report)
     supported = task.families

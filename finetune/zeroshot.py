@@ -46,7 +46,7 @@ def zero_shot(
     report.raise_for_problems()
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split
-    if recipe.task.text_to_text or recipe.task.generates:
+    if recipe.task.text_to_text or recipe.task.predicts in ("text", "tokens"):  # scored as after training
         return _zero_shot_as_trained(recipe, report, split, family, predictions_path)
     if family != "decoder":
         raise FinetuneError(

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from finetune.specs.base import TaskSpecBase
 from finetune.specs.instruction import InstructionSpec
+from finetune.specs.language_modeling import LanguageModelingSpec
 from finetune.specs.multiple_choice import MultipleChoiceSpec
 from finetune.specs.seq2seq import Seq2SeqSpec
 from finetune.specs.texts import ClassificationSpec, EntailmentSpec, RegressionSpec, SimilaritySpec
@@ -24,6 +25,7 @@ SPECS: tuple[type[TaskSpecBase], ...] = (
     MultipleChoiceSpec,
     Seq2SeqSpec,
     InstructionSpec,
+    LanguageModelingSpec,
 )
 SPEC_BY_TYPE: dict[str, type[TaskSpecBase]] = {spec.model_fields["type"].annotation.__args__[0]: spec for spec in SPECS}
 TaskSpec = Annotated[Union[SPECS], Field(discriminator="type")]  # noqa: UP007 (a union built from the tuple)

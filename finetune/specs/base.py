@@ -27,6 +27,7 @@ MetricName = Literal[
     "bleu",
     "chrf",
     "exact_match",
+    "perplexity",
 ]
 SCORE_METRICS = ("pearson", "spearman")
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
@@ -52,7 +53,9 @@ class TaskSpecBase(Section):
     )
 
     # traits, declared by each type
-    predicts: ClassVar[str]  # "classes", "score", "candidate" (among a row's candidates), or "text"
+    predicts: ClassVar[
+        str
+    ]  # "classes", "score", "candidate" (among a row's candidates), "text" or "tokens" (a language model)
     default_metrics: ClassVar[tuple[str, ...]]
     families: ClassVar[frozenset[str]] = ALL_FAMILIES  # the architecture families it runs on
     task_class: ClassVar[str]  # "module:Class" under finetune.tasks: the torch half
@@ -64,10 +67,17 @@ class TaskSpecBase(Section):
 
     @model_validator(mode="after")
     def _metrics_fit_the_output(self) -> TaskSpecBase:
-        allowed = {"text": TEXT_METRICS, "score": SCORE_METRICS}.get(self.predicts, CLASS_METRICS)
+        allowed = {"text": TEXT_METRICS, "score": SCORE_METRICS, "tokens": ("perplexity",)}.get(
+            self.predicts, CLASS_METRICS
+        )
         for name in self.metrics or []:
             if name not in allowed:
-                what = {"text": "generated text", "score": "a score", "candidate": "a choice among candidates"}
+                what = {
+                    "text": "generated text",
+                    "score": "a score",
+                    "candidate": "a choice among candidates",
+                    "tokens": "a language model",
+                }
                 raise ValueError(
                     f"task.metrics: {name} does not judge {what.get(self.predicts, 'classes')} (task type "
                     f"{self.type}); use {', '.join(allowed)}"

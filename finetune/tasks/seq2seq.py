@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from finetune import columns
+from finetune.batching import pad_sequences
 from finetune.fields import get_field, texts_of
 from finetune.lm_loss import causal_lm_loss
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
@@ -266,28 +267,25 @@ class GenerationCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {
-            "input_ids": self._pad([f["input_ids"] for f in features], self.pad_token_id),
-            "attention_mask": self._pad([f["attention_mask"] for f in features], 0),
+            "input_ids": pad_sequences([f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of),
+            "attention_mask": pad_sequences([f["attention_mask"] for f in features], 0, self.pad_to_multiple_of),
         }
         if features[0].get("labels"):
-            batch["labels"] = self._pad([f["labels"] for f in features], IGNORE)
+            batch["labels"] = pad_sequences([f["labels"] for f in features], IGNORE, self.pad_to_multiple_of)
         if self.decoder:
             prompts = [f["input_ids"][: f[columns.PROMPT_LENGTH]] for f in features]
-            batch["generation_input_ids"] = self._pad(prompts, self.pad_token_id, left=True)
-            batch["generation_attention_mask"] = self._pad([[1] * len(p) for p in prompts], 0, left=True)
+            batch["generation_input_ids"] = pad_sequences(
+                prompts, self.pad_token_id, self.pad_to_multiple_of, left=True
+            )
+            batch["generation_attention_mask"] = pad_sequences(
+                [[1] * len(p) for p in prompts], 0, self.pad_to_multiple_of, left=True
+            )
         else:
             batch["generation_input_ids"], batch["generation_attention_mask"] = (
                 batch["input_ids"],
                 batch["attention_mask"],
             )
         return batch
-
-    def _pad(self, sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
-        width = max(len(s) for s in sequences)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        padded = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in sequences]
-        return torch.tensor(padded)
 
 
 class PackingCollator:

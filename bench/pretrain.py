@@ -1,0 +1,171 @@
+"""Continued pretraining measured, as ULMFiT and GPT-1 argue for it: does a step of language modelling on the target
+domain's own text help the fine-tuning that follows, and how much does it lower the domain's perplexity?
+
+- ulmfit: MiniLM-L6 continued for one epoch of masked LM on the SST-2 training sentences (labels unused,
+  recipes/pretrain/sst2-minilm-mlm.yaml), then fine-tuned on 500 and 2,000 labelled sentences (3 seeds, each seed
+  its own draw of sentences, the same draw for both arms), against the same fine-tuning of the original MiniLM;
+  accuracy on the 872 validation sentences.
+- dialogsum: SmolLM2-135M's perplexity on the DialogSum test dialogues before and after one epoch of causal LM on
+  the 500 dev dialogues (recipes/pretrain/dialogsum-smollm2-clm.yaml).
+
+Usage: python bench/pretrain.py [ulmfit|dialogsum ...]   (default both)
+       python bench/pretrain.py --table
+Runs go to runs/bench/pretrain/; results to bench/results/pretrain/<key>.json and bench/results/pretrain.md.
+Needs FINETUNE_DATA_MIRROR (make bench).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from glue import bench_main, hardware, parse_metrics_line
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = Path("runs/bench/pretrain")
+RESULTS = REPO / "bench" / "results" / "pretrain"
+MLM_RECIPE = "recipes/pretrain/sst2-minilm-mlm.yaml"
+CLM_RECIPE = "recipes/pretrain/dialogsum-smollm2-clm.yaml"
+SIZES, SEEDS = (500, 2000), (1, 2, 3)
+FINE_TUNE = ["train.epochs=4", "train.batch_size=16", "train.eval_every=epoch"]  # both arms alike
+BASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "minilm+mlm": f"./{RUNS}/sst2-minilm-mlm"}
+
+
+def finetune(*arguments: str) -> tuple[str, float, str]:
+    """This checkout's CLI (`python -m finetune` from the repository root): stdout, wall seconds, the command."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "finetune", *arguments], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"finetune {' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout, time.perf_counter() - start, "finetune " + " ".join(arguments)
+
+
+def train(recipe: str, folder: str, *overrides: str) -> tuple[dict, float, str]:
+    _, wall, command = finetune("train", recipe, *overrides, f"output_dir={RUNS / folder}", "--overwrite")
+    return json.loads((REPO / RUNS / folder / "metrics.json").read_text()), wall, command
+
+
+def ulmfit() -> dict:
+    mlm, mlm_wall, mlm_command = train(MLM_RECIPE, "sst2-minilm-mlm")
+    cells = []
+    for size in SIZES:
+        for seed in SEEDS:
+            for arm, base in BASES.items():
+                folder = f"sst2-{size}-{arm.replace('+', '-')}-seed{seed}"
+                args = [f"model={base}", f"data.max_train_samples={size}", f"train.seed={seed}", *FINE_TUNE]
+                metrics, wall, command = train("recipes/glue/sst2-minilm.yaml", folder, *args)
+                cells.append(
+                    {
+                        "size": size,
+                        "seed": seed,
+                        "arm": arm,
+                        "accuracy": metrics["accuracy"],
+                        "wall_s": round(wall, 1),
+                        "command": command,
+                    }
+                )
+                print(json.dumps(cells[-1]), flush=True)
+    return {
+        "mlm": {
+            "command": mlm_command,
+            "wall_s": round(mlm_wall, 1),
+            **{k: mlm[k] for k in ("perplexity", "eval_loss", "num_train_samples", "train_runtime_s")},
+        },
+        "cells": cells,
+        **environment(),
+    }
+
+
+def dialogsum() -> dict:
+    before, before_wall, before_command = finetune("eval", CLM_RECIPE, "--zero-shot")
+    after, wall, command = train(CLM_RECIPE, "dialogsum-smollm2-clm")
+    return {
+        "before": {"command": before_command, "wall_s": round(before_wall, 1), **parse_metrics_line(before)},
+        "after": {
+            "command": command,
+            "wall_s": round(wall, 1),
+            **{
+                k: after[k]
+                for k in ("perplexity", "eval_loss", "num_train_samples", "train_runtime_s", "train_tokens_per_second")
+            },
+        },
+        **environment(),
+    }
+
+
+def environment() -> dict:
+    return {
+        "hardware": hardware(),
+        "versions": {p: version(p) for p in ("torch", "transformers", "datasets", "accelerate")},
+    }
+
+
+def _environment(found: dict) -> str:
+    return f"{found['hardware']}; {', '.join(f'{k} {v}' for k, v in found['versions'].items())}."
+
+
+def _row(what: str, found: dict) -> str:
+    return f"| {what} | {found['perplexity']:.3f} | `{found['command']}` | {found['wall_s'] / 60:.1f} min |"
+
+
+def table() -> str:
+    lines = ["# Continued pretraining", "", "Generated by `python bench/pretrain.py` (`--table` rewrites it).", ""]
+    if (RESULTS / "ulmfit.json").is_file():
+        found = json.loads((RESULTS / "ulmfit.json").read_text())
+        mlm = found["mlm"]
+        lines += [
+            "## ULMFiT on SST-2: masked LM on the task's own sentences, then fine-tuning",
+            "",
+            f"Masked LM: `{mlm['command']}`: {mlm['num_train_samples']} sentences, "
+            f"{mlm['train_runtime_s'] / 60:.1f} min, validation perplexity {mlm['perplexity']:.2f}. "
+            f"Fine-tuning: `recipes/glue/sst2-minilm.yaml` with `{' '.join(FINE_TUNE)}`, "
+            "the labelled sentences a seeded draw (the seed's own, the same for both arms).",
+            "",
+            "| labelled sentences | MiniLM-L6 | MiniLM-L6 + MLM on SST-2 | difference |",
+            "|---|---|---|---|",
+        ]
+        for size in SIZES:
+            scores = {
+                arm: [c["accuracy"] for c in found["cells"] if c["size"] == size and c["arm"] == arm] for arm in BASES
+            }
+            mean = {arm: statistics.mean(v) for arm, v in scores.items()}
+            cell = {
+                arm: f"{mean[arm]:.4f} ± {statistics.stdev(v):.4f} ({', '.join(f'{x:.3f}' for x in v)})"
+                for arm, v in scores.items()
+            }
+            lines.append(
+                f"| {size} | {cell['minilm']} | {cell['minilm+mlm']} | {mean['minilm+mlm'] - mean['minilm']:+.4f} |"
+            )
+        lines += [
+            "",
+            "Accuracy on the 872 validation sentences, mean ± standard deviation over seeds "
+            f"{', '.join(map(str, SEEDS))}. {_environment(found)}",
+            "",
+        ]
+    if (RESULTS / "dialogsum.json").is_file():
+        found = json.loads((RESULTS / "dialogsum.json").read_text())
+        before, after = found["before"], found["after"]
+        lines += [
+            "## SmolLM2-135M perplexity on DialogSum test dialogues",
+            "",
+            "| | perplexity | command | wall time |",
+            "|---|---|---|---|",
+            _row("before (the packaged checkpoint)", before),
+            _row("after one epoch of causal LM on the dev dialogues", after),
+            "",
+            _environment(found),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    runs = {"ulmfit": ulmfit, "dialogsum": dialogsum}
+    bench_main(
+        sys.argv[1:], list(runs), lambda key: runs[key](), RESULTS, REPO / "bench" / "results" / "pretrain.md", table
+    )
