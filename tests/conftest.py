@@ -157,6 +157,92 @@ tiny_llama = _session_model(
 )
 
 
+def _corpus() -> list[str]:
+    """A few thousand sentences of the shared data: SST-2 and RTE sentences, COPA premises and choices, DialogSum
+    dialogues; what the real-kind tokenizers are trained on."""
+    import json
+
+    sst2 = [line.split("\t")[0] for line in (GLUE / "sst2" / "train.tsv").read_text().splitlines()[1:3001]]
+    rte = [t for line in (GLUE / "rte" / "train.tsv").read_text().splitlines()[1:501] for t in line.split("\t")[1:3]]
+    copa = [json.loads(line) for line in (SHARED_DATA / "choice/copa/train.jsonl").read_text().splitlines()]
+    dialogues = (SHARED_DATA / "seq2seq/dialogsum/dialogsum.dev.jsonl").read_text().splitlines()[:200]
+    return [
+        *sst2,
+        *rte,
+        *[row[key] for row in copa for key in ("premise", "choice1", "choice2")],
+        *[json.loads(line)["dialogue"] for line in dialogues],
+    ]
+
+
+def _real_kind_checkpoint(folder: Path, kind: str) -> Path:
+    """A 2+2-layer T5 with a SentencePiece unigram tokenizer (its </s>, <pad> and 100 <extra_id_N> sentinels), or
+    a BART with a byte-level BPE tokenizer (<s> ... </s>, <mask>), both trained here on `_corpus()`."""
+    import json
+
+    import torch
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        BartTokenizerFast,
+        T5Config,
+        T5ForConditionalGeneration,
+        T5TokenizerFast,
+    )
+
+    torch.manual_seed(0)
+    if kind == "t5":
+        trained = SentencePieceUnigramTokenizer()
+        trained.train_from_iterator(
+            _corpus(),
+            vocab_size=2000,
+            special_tokens=["<pad>", "</s>", "<unk>"],
+            unk_token="<unk>",
+            show_progress=False,
+        )
+        vocab = [tuple(piece) for piece in json.loads(trained._tokenizer.to_str())["model"]["vocab"]]
+        tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=100)
+        model = T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=32,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_heads=2,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,  # T5's own config.json: the decoder starts from pad
+            )
+        )
+    else:
+        trained = ByteLevelBPETokenizer()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        trained.train_from_iterator(_corpus(), vocab_size=2000, special_tokens=specials, show_progress=False)
+        found = json.loads(trained._tokenizer.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in found["merges"]]
+        tokenizer = BartTokenizerFast(vocab=found["vocab"], merges=merges)
+        sizes = dict(encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2)
+        model = BartForConditionalGeneration(
+            BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, **sizes)
+        )  # BART's own conventions: bos 0, pad 1, eos 2 (the decoder's start)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def t5_sentencepiece(tmp_path_factory) -> Path:
+    """A tiny T5 with a SentencePiece unigram tokenizer of T5's kind, trained on the shared data."""
+    return _real_kind_checkpoint(tmp_path_factory.mktemp("t5-sentencepiece"), "t5")
+
+
+@pytest.fixture(scope="session")
+def bart_bytelevel(tmp_path_factory) -> Path:
+    """A tiny BART with a byte-level BPE tokenizer of BART's kind, trained on the shared data."""
+    return _real_kind_checkpoint(tmp_path_factory.mktemp("bart-bytelevel"), "bart")
+
+
 def sample_file(folder: Path, source: Path, lines: int) -> Path:
     """The first `lines` lines of a real data file (header included), copied into `folder`."""
     path = folder / f"sample{''.join(source.suffixes)}"
