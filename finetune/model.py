@@ -113,6 +113,8 @@ def load_backbone(
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)
+    if spec.init_from_teacher == "every_other_layer":
+        keep_every_other_block(model)
     grown = tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings
     if task.gpt1_ids is not None or grown:  # the added [start] [delim] [extract], or a pad token
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -175,6 +177,26 @@ def reinitialize_blocks(model: PreTrainedModel, keep: int) -> None:
             block.apply(model._init_weights)
     depths = " and ".join(f"{len(blocks)} {name}" for name, blocks in stacks.items())
     log.info("pretrained blocks kept: the first %d of %s blocks; the rest start from fresh weights", keep, depths)
+
+
+def keep_every_other_block(model: PreTrainedModel) -> None:
+    """DistilBERT's student: the teacher with blocks 0, 2, 4, ... of its stack kept and the others removed."""
+    if model.config.is_encoder_decoder:
+        raise FinetuneError(
+            "model.init_from_teacher: halves an encoder's or a decoder's stack, not an encoder-decoder's"
+        )
+    (blocks,) = transformer_blocks(model).values()
+    depth = len(blocks)
+    for index in reversed(range(1, depth, 2)):
+        del blocks[index]  # the list renumbers its blocks
+    for index, block in enumerate(blocks):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):  # a decoder's key-value cache slot
+                module.layer_idx = index
+    model.config.num_hidden_layers = len(blocks)
+    if getattr(model.config, "layer_types", None):  # per-block attention kinds (Llama and kin)
+        model.config.layer_types = model.config.layer_types[::2]
+    log.info("student: blocks 0, 2, ... of the teacher's %d kept (%d)", depth, len(blocks))
 
 
 def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -93,7 +93,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
             pad_to_multiple_of=8 if accelerator.mixed_precision != "no" and accelerator.device.type == "cuda" else None,
         ),
         task,
-        tokenized["train"],
+        task.prepare_training(tokenized["train"], tokenizer, accelerator, recipe.train.eval_batch_size),
         tokenized["eval"],
         evaluator(
             recipe,

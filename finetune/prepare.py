@@ -59,7 +59,7 @@ def prepare(recipe: Recipe, report: Report, first: AbstractContextManager[Any] |
         task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
         seconds = time.perf_counter() - started
     if task.labels and recipe.task.has_classes and recipe.task.labels is None:  # inferred: into recipe.yaml
-        recipe = _with_task(recipe, labels=task.labels)
+        recipe = recipe.model_copy(update={"task": recipe.task.with_labels(task.labels)})
     return Prepared(recipe, report, tokenizer, family, task, tokenized, data_report, seconds)
 
 
@@ -78,11 +78,6 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
         if getattr(recipe.task, key) != value:
             log.info("task.%s: %s for %s (%s)", key, value, recipe.model.name, model_type or family)
     return recipe.model_copy(update={"task": settled}), family
-
-
-def _with_task(recipe: Recipe, **updates: Any) -> Recipe:
-    """The recipe with these task fields replaced."""
-    return recipe.model_copy(update={"task": recipe.task.model_copy(update=updates)})
 
 
 def prepare_data(

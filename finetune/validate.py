@@ -70,6 +70,7 @@ def check(recipe: Recipe) -> Report:
 
 def _check_model(recipe: Recipe, report: Report) -> None:
     spec = recipe.model
+    report.problems.extend(recipe.task.path_problems())
     resolved = report.model = resolve_model(spec.name)
     if resolved.origin == "path" and not Path(resolved.location).is_dir():
         raise FinetuneError(f"model.name: no such folder: {spec.name}")

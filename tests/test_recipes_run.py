@@ -34,6 +34,21 @@ TINY_GENERATION = ["data.max_length=64", "data.max_target_length=16", "generatio
 TINY_INSTRUCTION = ["data.max_length=256", "generation.max_new_tokens=4", "task.shots=0"]  # long prompts
 
 
+@pytest.fixture(scope="module")
+def tiny_sst2_run(tmp_path_factory, tiny_bert):
+    """A tiny BERT trained two steps on real SST-2 rows: a teacher for the distillation recipes."""
+    folder = tmp_path_factory.mktemp("sst2-run")
+    result = run_cli(
+        "train",
+        REPO / "recipes/glue/sst2-minilm.yaml",
+        f"model={tiny_bert}",
+        *TINY_BUDGET,
+        f"output_dir={folder / 'run'}",
+    )
+    assert result.exit_code == 0
+    return folder / "run"
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_recipe_runs_with_a_tiny_budget(path, tmp_path, request):
     from finetune.recipe import load_recipe
@@ -42,6 +57,9 @@ def test_recipe_runs_with_a_tiny_budget(path, tmp_path, request):
     name = recipe.model.name
     stand_in = next((request.getfixturevalue(f) for prefix, f in STAND_INS.items() if name.startswith(prefix)), None)
     model = [f"model={stand_in}", "data.max_length=64"] if stand_in else []
+    if recipe.task.type == "distillation":  # the teacher: a tiny run of the same task
+        teacher = request.getfixturevalue("tiny_sst2_run")
+        model = [f"model.name={teacher}", f"task.teacher={teacher}", "data.max_length=64"]
     generation = (
         TINY_INSTRUCTION if recipe.task.type == "instruction" else TINY_GENERATION if recipe.task.generates else []
     )

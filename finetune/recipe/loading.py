@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from finetune.errors import FinetuneError
 from finetune.recipe.schema import KEY_ALIASES, Recipe
 from finetune.specs import SPEC_BY_TYPE
+from finetune.specs.distillation import DistillationSpec
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -103,11 +104,16 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 def _describe(err: dict[str, Any]) -> str:
     """One line for one pydantic error: the dotted path, then what is wrong."""
-    loc = [str(p) for p in err["loc"]]
-    kind = loc.pop(1) if loc[:1] == ["task"] and len(loc) > 1 and loc[1] in SPEC_BY_TYPE else None
+    loc, tags = [], []  # a task type's tag follows `task` (and a distillation's `student`) in pydantic's path
+    for part in map(str, err["loc"]):
+        if loc and loc[-1] in ("task", "student") and part in SPEC_BY_TYPE:
+            tags.append(part)
+        else:
+            loc.append(part)
+    kind = tags[-1] if tags else None
     path = ".".join(loc)
     if err["type"] == "extra_forbidden":
-        return f"{path}: unknown key" + _key_hint(loc, kind)
+        return f"{path}: unknown key" + _key_hint(loc, kind, tags)
     if err["type"] == "missing":
         return f"{path}: required key is missing"
     if err["type"] == "union_tag_not_found":
@@ -125,7 +131,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{path or 'recipe'}: {message}{value}"
 
 
-def _key_hint(loc: list[str], kind: str | None) -> str:
+def _key_hint(loc: list[str], kind: str | None, tags: list[str]) -> str:
     """The suggestion after an unknown key: for a key that other task types read, which (and why this one does
     not); else the nearest valid spelling."""
     if kind is not None:
@@ -135,7 +141,7 @@ def _key_hint(loc: list[str], kind: str | None) -> str:
         readers = [name for name, other in SPEC_BY_TYPE.items() if key in other.model_fields]
         if readers:
             return f" for task type {kind}; read by {', '.join(readers)}"
-    hint = _nearest_key(loc, kind)
+    hint = _nearest_key(loc, tags)
     if hint or kind is None:
         return f"; did you mean {hint}?" if hint else ""
     keys = {key for other in SPEC_BY_TYPE.values() for key in other.model_fields}
@@ -146,12 +152,17 @@ def _key_hint(loc: list[str], kind: str | None) -> str:
     return f"; did you mean task.{match[0]} (read by {', '.join(readers)})?"
 
 
-def _nearest_key(loc: list[str], kind: str | None = None) -> str | None:
-    """The valid key closest in spelling to the unknown last element of `loc`, as a dotted path."""
+def _nearest_key(loc: list[str], tags: list[str] = ()) -> str | None:
+    """The valid key closest in spelling to the unknown last element of `loc`, as a dotted path; `tags`: the task
+    types along it (a task's, then a distillation student's)."""
     model: type[BaseModel] = Recipe
+    types = iter(tags)
     for part in loc[:-1]:
         field = model.model_fields.get(part)
-        inner = SPEC_BY_TYPE[kind] if part == "task" and kind else _section_type(field.annotation) if field else None
+        tag = (
+            next(types, None) if part in ("task", "student") and issubclass(model, (Recipe, DistillationSpec)) else None
+        )
+        inner = SPEC_BY_TYPE[tag] if tag else _section_type(field.annotation) if field else None
         if inner is None:
             return None
         model = inner

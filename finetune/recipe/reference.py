@@ -43,13 +43,15 @@ def _about(model: type[BaseModel]) -> str:
     about = " ".join((model.__doc__ or "").split())
     if issubclass(model, TaskSpecBase) and isinstance(model.default_metrics, tuple):
         about += f" Default metrics: {', '.join(model.default_metrics)}."
-    if issubclass(model, TaskSpecBase):
+    if issubclass(model, TaskSpecBase) and isinstance(model.families, frozenset):
         about += f" Runs on {', '.join(f for f in FAMILY_ORDER if f in model.families)} checkpoints."
     return about
 
 
 def _sections(path: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
     found = [(path, model)]
+    if issubclass(model, TaskSpecBase):  # a distillation's student is a task section documented by its type
+        return found
     for name, field in model.model_fields.items():
         for inner in _sections_of(field.annotation):
             found += _sections(f"{path}.{name}" if path else name, inner)

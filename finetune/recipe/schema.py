@@ -59,6 +59,11 @@ class ModelSpec(Section):
         description="Keep only the first N pretrained transformer blocks of each stack (an encoder-decoder's encoder "
         "and decoder alike); the later ones start from fresh weights. N may not exceed the shallowest stack.",
     )
+    init_from_teacher: Literal["every_other_layer"] | None = Field(
+        None,
+        description="distillation: build the student from the teacher (model.name names it) with every other "
+        "transformer block kept (blocks 0, 2, 4, ...), as DistilBERT initialised its student.",
+    )
     dtype: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="The weights' type in memory. bf16 halves them (a LoRA or QLoRA base, or a full fine-tune "
@@ -425,6 +430,24 @@ class Recipe(Section):
             raise ValueError(f"data.mixture: task type {kind} reads its sources from data.mixture")
         if self.data.packing is True and not self.task.packs:
             raise ValueError(f"data.packing: task type {kind} has no examples to pack (seq2seq and instruction do)")
+        return self
+
+    @model_validator(mode="after")
+    def _student_from_its_teacher(self) -> Recipe:
+        if self.model.init_from_teacher is None:
+            return self
+        if self.task.type != "distillation":
+            raise ValueError("model.init_from_teacher: only a distillation task has a teacher")
+        if self.model.name != self.task.teacher:
+            raise ValueError(
+                f"model.init_from_teacher: the student is built from the teacher; set model.name to task.teacher "
+                f"({self.task.teacher})"
+            )
+        if self.model.init == "random" or self.model.pretrained_layers is not None or self.peft is not None:
+            raise ValueError(
+                "model.init_from_teacher: the student keeps the teacher's weights; remove model.init, "
+                "model.pretrained_layers and peft"
+            )
         return self
 
     @model_validator(mode="after")

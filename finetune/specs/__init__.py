@@ -11,6 +11,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from finetune.specs.base import TaskSpecBase
+from finetune.specs.distillation import DistillationSpec
 from finetune.specs.instruction import InstructionSpec
 from finetune.specs.language_modeling import LanguageModelingSpec
 from finetune.specs.multiple_choice import MultipleChoiceSpec
@@ -26,6 +27,7 @@ SPECS: tuple[type[TaskSpecBase], ...] = (
     Seq2SeqSpec,
     InstructionSpec,
     LanguageModelingSpec,
+    DistillationSpec,
 )
 SPEC_BY_TYPE: dict[str, type[TaskSpecBase]] = {spec.model_fields["type"].annotation.__args__[0]: spec for spec in SPECS}
 TaskSpec = Annotated[Union[SPECS], Field(discriminator="type")]  # noqa: UP007 (a union built from the tuple)

@@ -119,6 +119,10 @@ class TaskSpecBase(Section):
         "train" and "eval" rows carry labels (or references), "input" rows only the inputs."""
         return {}
 
+    def with_labels(self, labels: list[str]) -> TaskSpecBase:
+        """The spec with its class list written out (inferred from the train split, as recipe.yaml records it)."""
+        return self.model_copy(update={"labels": labels})
+
     def settled(self, family: str, model_type: str | None) -> TaskSpecBase:
         """The spec with what `auto` means on this architecture written out (as recipe.yaml records it)."""
         return self
@@ -129,6 +133,10 @@ class TaskSpecBase(Section):
 
     def head_problems(self, family: str, model_type: str | None, model_name: str) -> list[str]:
         """What this task's head cannot do on this architecture (known once the config is read)."""
+        return []
+
+    def path_problems(self) -> list[str]:
+        """Local files or folders the task names that do not exist (`finetune validate`)."""
         return []
 
     def check_rows(self, split: str, role: str, rows: list[dict], labels: list[str] | None) -> tuple[list, list]:
@@ -213,6 +221,10 @@ class PredictorSpec(TaskSpecBase):
         if found is None:
             raise FinetuneError(f"task.label: {value!r} in row {number} is {self.label_expectation(labels)}")
         return found
+
+    def path_problems(self) -> list[str]:
+        """Local files or folders the task names that do not exist (`finetune validate`)."""
+        return []
 
     def check_rows(self, split: str, role: str, rows: list[dict], labels: list[str] | None) -> tuple[list, list]:
         bad = []

@@ -71,6 +71,12 @@ class Task:
         """Make the tokenizer ready for this task: a decoder's task head reads GPT-1's added tokens (their ids)."""
         return add_gpt1_tokens(tokenizer) if self.family == "decoder" else None
 
+    def prepare_training(
+        self, train: Any, tokenizer: PreTrainedTokenizerBase, accelerator: Any, batch_size: int
+    ) -> Any:
+        """The tokenized training split as training reads it (a distillation adds its teacher's logits)."""
+        return train
+
     def formatter(self, role: str) -> Any:
         """The batched function that formats a split in `role` (train or eval); most tasks format both alike."""
         return self.format
