@@ -12,4 +12,5 @@ REFERENCES = "references"  # generation evaluation: the texts a prediction is sc
 GROUP = "group"  # generation evaluation: the task a row belongs to, for per-task tables
 CHOICE_MASK = "choice_mask"  # a batch of groups (B, k): which of the k candidates are real
 EXAMPLES = "examples"  # a packed batch: how many examples its row holds
+EXAMPLE_ID = "example_id"  # a training row's index: language modelling seeds its masks with it
 LENGTH_STATS = (SOURCE_LENGTH, TARGET_LENGTH, TOTAL_LENGTH, TARGET_CUT, SKIP, ORIGIN)  # dropped once reported

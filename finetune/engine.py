@@ -169,6 +169,8 @@ class Engine:
         while state.global_step < self.total_steps and not state.stopped_early:
             self.model.train()
             self.train_loader.set_epoch(state.epoch)
+            if hasattr(self.train_loader.collate_fn, "set_epoch"):  # batches drawn at random per example and epoch
+                self.train_loader.collate_fn.set_epoch(state.epoch)
             loader = (
                 acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
                 if state.batches_in_epoch

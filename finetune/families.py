@@ -42,6 +42,11 @@ CLASSIFIER_ENCODER_DECODERS = {"bart", "mbart", "led"}
 def read_config(location: str | Path) -> dict[str, Any]:
     """A local checkpoint's config.json as a dict."""
     path = Path(location) / "config.json"
+    if not path.is_file() and (Path(location) / "adapter_config.json").is_file():
+        raise FinetuneError(
+            f"model.name: {location} holds a LoRA adapter, not a whole model; merge it first (finetune merge) and "
+            "name the merged folder"
+        )
     if not path.is_file():
         raise FinetuneError(f"model.name: no config.json in {location}; is it a save_pretrained folder?")
     try:

@@ -30,12 +30,16 @@ class Case:
     generates: bool = False
 
     def recipe(self, folder: Path, model: Path, **train: Any) -> dict[str, Any]:
-        """The recipe: deterministic (no dropout, see `without_dropout`), evaluated only at its end."""
+        """The recipe: deterministic (no dropout, see `without_dropout`), evaluated only at its end. A distillation
+        is taught by the case's model, its student built from every other block of it."""
         settings = {"batch_size": 6, "lr": 1e-2, "warmup": 0, "epochs": 1, "weight_decay": 0.0, "max_grad_norm": 0}
         settings |= {"eval_every": 1000, "save_every": 1000, "group_by_length": False, **train}
+        task, name = self.task, str(model)
+        if task["type"] == "distillation":
+            task, name = {**task, "teacher": str(model)}, {"name": str(model), "init_from_teacher": "every_other_layer"}
         return {
-            "model": str(model),
-            "task": self.task,
+            "model": name,
+            "task": task,
             "data": {**self.data(folder), "max_eval_samples": 2},
             "train": settings,
             "output_dir": str(folder / f"run-{len(list(folder.glob('run-*')))}"),
@@ -118,6 +122,12 @@ CASES = [
     Case("seq2seq-encoder-decoder", "tiny_t5", SUMMARY, _summaries, generates=True),
     Case("seq2seq-decoder", "tiny_llama", SUMMARY, _summaries, generates=True),
     Case("instruction-decoder", "tiny_llama", {"type": "instruction"}, _alpaca, generates=True),
+    Case("language-modeling-decoder", "tiny_llama", {"type": "language_modeling", "text_a": "sentence"}, glue("sst2")),
+    Case("language-modeling-encoder", "tiny_bert", {"type": "language_modeling", "text_a": "sentence"}, glue("sst2")),
+    Case(
+        "span-corruption-encoder-decoder", "tiny_t5", {"type": "language_modeling", "text_a": "sentence"}, glue("sst2")
+    ),
+    Case("distillation-encoder", "tiny_bert_sst2", {"type": "distillation", "student": SST2}, glue("sst2")),
 ]
 BY_NAME = {case.name: case for case in CASES}
 

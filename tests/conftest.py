@@ -150,6 +150,21 @@ def tiny_bert_64(tmp_path_factory) -> Path:
     return _tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert-64"), "bert", width=64)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_sst2(tmp_path_factory, tiny_bert) -> Path:
+    """The tiny BERT with a classifier head for SST-2's classes 0 and 1 (randomly initialised, seeded): a checkpoint
+    fine-tuned for the task, as a distillation's teacher."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert-sst2")
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "0", 1: "1"}, "label2id": {"0": 0, "1": 1}}
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, **labels).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    return folder
+
+
 tiny_bart = _session_model("bart", "A 2+2-layer BART encoder-decoder, randomly initialised.")
 tiny_t5 = _session_model("t5", "A 2+2-layer T5 encoder-decoder with its LM head, randomly initialised.")
 tiny_llama = _session_model(

@@ -86,6 +86,18 @@ def test_lora_run_folder_holds_the_adapter_and_reloads_exactly(lora_run, tiny_be
     assert (checkpoint / "adapter_model.safetensors").is_file()
 
 
+def test_an_adapter_run_named_as_a_model_is_one_line(lora_run, tmp_path, capsys):
+    """A later recipe (a language model's continuation, a teacher's student) naming an adapter run as its model."""
+    run_dir, _ = lora_run
+    recipe = recipe_file(
+        tmp_path,
+        f"model: {run_dir}\ntask: {{type: classification, text_a: sentence}}\n"
+        f"data: {{files: {{train: {run_dir / 'recipe.yaml'}, validation: {run_dir / 'recipe.yaml'}}}, format: csv}}\n",
+    )
+    assert run_cli("validate", recipe).exit_code == 2
+    assert "holds a LoRA adapter, not a whole model; merge it first" in capsys.readouterr().err
+
+
 def test_merge_writes_a_full_model_that_predicts_as_the_adapter(lora_run, tmp_path):
     run_dir, metrics = lora_run
     assert run_cli("merge", run_dir, tmp_path / "merged").exit_code == 0

@@ -11,8 +11,10 @@
   the target the sentinels each followed by its span; a tokenizer without sentinels (BART) gets one mask token per
   span and the whole block as its target (BART's text infilling).
 
-Training masks in the collator (fresh masks every epoch, drawn from the seeded global generator); evaluation
-masks once at tokenization, each block seeded by its own ids, so every evaluation scores the same positions.
+Training masks in the collator: fresh masks every epoch, each block's drawn by a generator seeded with the run's
+seed, the epoch and the block's index, so that they do not depend on how blocks are batched, split over processes
+or skipped on a resume. Evaluation masks once at tokenization, each block seeded by its own ids, so that every
+evaluation scores the same positions.
 """
 
 from __future__ import annotations
@@ -108,6 +110,12 @@ class LanguageModeling(Seq2Seq):
             found.append(block)
         return found
 
+    def prepare_training(
+        self, train: Any, tokenizer: PreTrainedTokenizerBase, accelerator: Any, batch_size: int
+    ) -> Any:
+        """Masked and corrupted blocks carry their index, which seeds their masks with the run's seed and epoch."""
+        return train if self.objective == "causal" else train.add_column(columns.EXAMPLE_ID, list(range(len(train))))
+
     def format_inputs(
         self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> dict[str, list]:
@@ -119,9 +127,10 @@ class LanguageModeling(Seq2Seq):
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> Any:
         if self.objective == "causal":
             return BlockCollator(tokenizer.pad_token_id, self.packing, pad_to_multiple_of)
+        seed = torch.initial_seed()  # in training, the recipe's (set before the model was built)
         if self.objective == "masked":
-            return MaskingCollator(tokenizer, self.spec.mask_probability, self.spec.whole_word_masking)
-        return SpanCorruptionCollator(tokenizer, self.spec.mask_probability, self.spec.mean_span_length)
+            return MaskingCollator(tokenizer, self.spec.mask_probability, self.spec.whole_word_masking, seed)
+        return SpanCorruptionCollator(tokenizer, self.spec.mask_probability, self.spec.mean_span_length, seed)
 
     def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The inputs' tokens and, for span corruption, the decoder's (its targets)."""
@@ -166,6 +175,21 @@ def _seed(ids: list[int]) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(str(ids).encode()))
 
 
+class PerExampleMasks:
+    """A training collator's generator for each block: seeded by the run's seed, the epoch and the block's index."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self, feature: dict[str, Any]) -> torch.Generator | None:
+        if columns.EXAMPLE_ID not in feature:  # outside a training run: the global generator
+            return None
+        return torch.Generator().manual_seed(hash((self.seed, self.epoch, feature[columns.EXAMPLE_ID])) % 2**63)
+
+
 class BlockCollator:
     """Causal LM blocks: one packed row (transformers' `DataCollatorWithFlattening`, positions restarting per
     block) or right-padded rows, labels -100 on padding."""
@@ -191,20 +215,32 @@ def _padded(features: list[dict], pad_token_id: int, multiple: int | None = None
     }
 
 
-class MaskingCollator:
-    """Masked LM through transformers' collator: training batches masked as they are drawn; evaluation blocks
-    (which carry their labels) only padded."""
+class MaskingCollator(PerExampleMasks):
+    """Masked LM through transformers' collator: training blocks masked as they are drawn, each by its own
+    generator; evaluation blocks (which carry their labels) only padded."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, probability: float, whole_words: bool) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, probability: float, whole_words: bool, seed: int) -> None:
+        super().__init__(seed)
         replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if whole_words else {}
         self.mlm = DataCollatorForLanguageModeling(
             tokenizer, mlm_probability=probability, whole_word_mask=whole_words, **replace
         )
         self.pad_token_id, self.whole_words = tokenizer.pad_token_id, whole_words
 
-    def __call__(self, features: list[dict], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if "labels" in features[0]:
             return _padded(features, self.pad_token_id)
+        if columns.EXAMPLE_ID in features[0]:
+            return _padded([self.masked(f, self.generator(f)) for f in features], self.pad_token_id)
+        return self.masked_batch(features, None)
+
+    def masked(self, feature: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+        """One block masked by `generator`."""
+        batch = self.masked_batch([feature], generator)
+        return _block(batch["input_ids"][0].tolist(), batch["labels"][0].tolist())
+
+    def masked_batch(self, features: list[dict], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The blocks padded and masked together by `generator` (None: the global one)."""
         batch = {
             "input_ids": pad_sequences([f["input_ids"] for f in features], self.pad_token_id),
             "attention_mask": pad_sequences([f["attention_mask"] for f in features], 0),
@@ -224,8 +260,7 @@ class MaskingCollator:
 
     def fixed(self, block: dict[str, Any]) -> dict[str, Any]:
         """One evaluation block masked once, seeded by its ids."""
-        batch = self([block], generator=_seed(block["input_ids"]))
-        return _block(batch["input_ids"][0].tolist(), batch["labels"][0].tolist())
+        return self.masked(block, _seed(block["input_ids"]))
 
 
 def noise_mask(length: int, density: float, mean_span: float, generator: torch.Generator | None = None) -> list[bool]:
@@ -262,18 +297,20 @@ def corrupt(ids: list[int], mask: list[bool], sentinels: list[int], mask_id: int
     return inputs, (targets if sentinels else list(ids))
 
 
-class SpanCorruptionCollator:
-    """Span corruption of training blocks as they are drawn (evaluation blocks, which carry their labels, are
-    only padded); the tokenizer's special tokens close inputs and targets (T5's </s>; BART's <s> ... </s>)."""
+class SpanCorruptionCollator(PerExampleMasks):
+    """Span corruption of training blocks as they are drawn, each by its own generator (evaluation blocks, which
+    carry their labels, are only padded); the tokenizer's special tokens close inputs and targets (T5's </s>;
+    BART's <s> ... </s>)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, density: float, mean_span: float) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, density: float, mean_span: float, seed: int) -> None:
+        super().__init__(seed)
         self.tokenizer, self.density, self.mean_span = tokenizer, density, mean_span
         self.sentinels = sentinel_ids(tokenizer)
         self.prefix, self.suffix = special_frame(tokenizer)
 
-    def __call__(self, features: list[dict], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if "labels" not in features[0]:
-            features = [self.corrupted(f["input_ids"], generator) for f in features]
+            features = [self.corrupted(f["input_ids"], self.generator(f)) for f in features]
         return _padded(features, self.tokenizer.pad_token_id)
 
     def corrupted(self, block: list[int], generator: torch.Generator | None) -> dict[str, Any]:
