@@ -49,14 +49,21 @@ def checked(recipe: Recipe) -> Report:
     return report
 
 
-def prepare(recipe: Recipe, report: Report, first: AbstractContextManager[Any] | None = None) -> Prepared:
-    """Tokenizer, settled architecture, task and tokenized splits. `first` (accelerate's `main_process_first`)
+def prepare(
+    recipe: Recipe,
+    report: Report,
+    first: AbstractContextManager[Any] | None = None,
+    splits: dict[str, str] | None = None,
+) -> Prepared:
+    """Tokenizer, settled architecture, task and tokenized splits: `splits` by role (default the recipe's train
+    and eval splits; the first one read gives inferred class names). `first` (accelerate's `main_process_first`)
     lets one process convert, download and tokenize while the others then read its cache."""
+    splits = splits or {"train": recipe.data.train_split, "eval": recipe.data.eval_split}
     with first or nullcontext():
         tokenizer = load_tokenizer(recipe.model, report.model)
         recipe, family = settle_architecture(recipe, report)
         started = time.perf_counter()
-        task, tokenized, data_report = prepare_data(recipe, tokenizer, family)
+        task, tokenized, data_report = prepare_data(recipe, tokenizer, family, splits)
         seconds = time.perf_counter() - started
     if task.labels and recipe.task.has_classes and recipe.task.labels is None:  # inferred: into recipe.yaml
         recipe = recipe.model_copy(update={"task": recipe.task.with_labels(task.labels)})
@@ -81,12 +88,13 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
 
 
 def prepare_data(
-    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None, splits: dict[str, str]
 ) -> tuple[Task, Any, dict[str, Any]]:
     """Load, check, cap and tokenize the splits (for decoders, GPT-1's tokens join the tokenizer first); also
     the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
-    raw, mixture = data.load_splits(recipe, {"train": recipe.data.train_split, "eval": recipe.data.eval_split})
-    task = prepare_task(recipe, data.resolve_labels(recipe, raw["train"]), family or "encoder", tokenizer)
+    raw, mixture = data.load_splits(recipe, splits)
+    first = next(iter(splits))
+    task = prepare_task(recipe, data.resolve_labels(recipe, raw[first]), family or "encoder", tokenizer)
     if task.labels is not None and recipe.task.classes_problem(task.labels):
         raise FinetuneError(recipe.task.classes_problem(task.labels))
     if task.labels is not None and "f1" in recipe.task.metric_names:
@@ -96,7 +104,7 @@ def prepare_data(
             how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
         log.info("f1: %s", how)
     tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
-    data.log_samples(tokenized["train"], tokenizer)
+    data.log_samples(tokenized[first], tokenizer)
     return task, tokenized, {"lengths": lengths, "mixture": mixture}
 
 

@@ -31,9 +31,8 @@ from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
 from finetune.pipeline import evaluator
-from finetune.prepare import settle_architecture, tokenize_splits
+from finetune.prepare import prepare, settle_architecture
 from finetune.recipe import Recipe
-from finetune.tasks import prepare_task
 from finetune.validate import Report, check
 
 
@@ -47,7 +46,7 @@ def zero_shot(
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split
     if recipe.task.text_to_text or recipe.task.predicts in ("text", "tokens"):  # scored as after training
-        return _zero_shot_as_trained(recipe, report, split, family, predictions_path)
+        return _zero_shot_as_trained(recipe, report, split, predictions_path)
     if family != "decoder":
         raise FinetuneError(
             f"model.name: zero-shot scoring reads a language model's log-probabilities; "
@@ -80,13 +79,11 @@ def zero_shot(
 
 
 def _zero_shot_as_trained(
-    recipe: Recipe, report: Report, split: str, family: str, predictions_path: Path | None
+    recipe: Recipe, report: Report, split: str, predictions_path: Path | None
 ) -> dict[str, float]:
-    """The base model scored by the evaluation its fine-tuned runs get: text to text, or generation."""
-    raw = data.cap_splits(data.load_splits(recipe, {"eval": split})[0], recipe.data, recipe.train.seed)
-    tokenizer = load_tokenizer(recipe.model, report.model)
-    task = prepare_task(recipe, data.resolve_labels(recipe, raw["eval"]), family, tokenizer)
-    tokenized = tokenize_splits(raw, task, tokenizer, recipe)[0]["eval"]
+    """The base model scored by the evaluation its fine-tuned runs get: text to text, generation, perplexity."""
+    ready = prepare(recipe, report, splits={"eval": split})  # as training prepares it
+    recipe, task, tokenizer, tokenized = ready.recipe, ready.task, ready.tokenizer, ready.splits["eval"]
     accelerator = make_accelerator(recipe.train)
     model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model)))
     run = LoadedRun(recipe, task, tokenizer, model, accelerator)  # the base model, loaded as a run would be
