@@ -28,6 +28,7 @@ from finetune.gguf_models import local_checkpoint
 from finetune.losses import Loss
 from finetune.mirrors import resolve_model
 from finetune.model import transformer_blocks
+from finetune.rundir import find_recipe
 from finetune.specs.distillation import DistillationSpec
 from finetune.tasks import build_task
 
@@ -84,8 +85,12 @@ class Distillation:
 
         name = self.spec.teacher
         folder = Path(name).expanduser()
-        if (folder / "recipe.yaml").is_file() or (folder.parent.parent / "recipe.yaml").is_file():
-            run = load_run(folder, prepare=False)  # a run folder or one of its checkpoints
+        try:
+            find_recipe(folder)  # a run folder or one of its checkpoints
+        except FinetuneError:
+            folder = None
+        if folder is not None:
+            run = load_run(folder, prepare=False)
             model, task, theirs, labels = run.model, run.task, run.tokenizer, run.task.labels
         else:
             try:
