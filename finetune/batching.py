@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from finetune.columns import CHOICE_MASK
+from finetune.columns import CHOICE_MASK, EXAMPLES, PACKED_REAL
+from finetune.losses import IGNORE
 
 
 def example_length(input_ids: list) -> int:
@@ -82,6 +83,44 @@ def pad_sequences(
     return torch.tensor(
         [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in sequences]
     )
+
+
+def pack_rows(features: list[dict], pad_token_id: int, width: int) -> dict[str, torch.Tensor]:
+    """Examples (`input_ids`, `labels`) packed in order into rows of `width` tokens (data.max_length; wider only
+    for a longer example), positions restarting per example so that attention stays within it (transformers reads
+    restarting positions without an attention mask as packed sequences). A token attends over no more of its row
+    than an example of `width` tokens would; one row holding a whole batch would cost attention quadratic in the
+    batch.
+
+    Each example's first label is dropped (it would be predicted from the previous example); a row's padding
+    continues the last example's positions, labelled -100, so that it adds no example and no target.
+
+    >>> b = pack_rows([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]},
+    ...                {"input_ids": [9, 4], "labels": [9, 4]}], 0, 3)
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["labels"].tolist(), int(b["examples"])
+    ([[5, 6, 7], [8, 9, 4]], [[0, 1, 2], [0, 0, 1]], [[-100, 6, 7], [-100, -100, 4]], 3)
+    """
+    width = max(width, *(len(f["input_ids"]) for f in features))
+    rows: list[list[dict]] = [[]]
+    for feature in features:  # next fit: the examples' order is kept (per-example losses come out in it)
+        if sum(len(f["input_ids"]) for f in rows[-1]) + len(feature["input_ids"]) > width:
+            rows.append([])
+        rows[-1].append(feature)
+    ids = [[t for f in row for t in f["input_ids"]] for row in rows]
+    labels = [[t for f in row for t in [IGNORE, *f["labels"][1:]]] for row in rows]
+    longest = max(map(len, ids))
+    positions = []
+    for row, tokens in zip(rows, ids):
+        last = len(row[-1]["input_ids"])
+        padding = range(last, last + longest - len(tokens))
+        positions.append([p for f in row for p in range(len(f["input_ids"]))] + list(padding))
+    return {
+        "input_ids": pad_sequences(ids, pad_token_id),
+        "labels": pad_sequences(labels, IGNORE),
+        "position_ids": torch.tensor(positions),
+        PACKED_REAL: pad_sequences([[1] * len(tokens) for tokens in ids], 0),
+        EXAMPLES: torch.tensor(len(features)),
+    }
 
 
 def pad_groups(

@@ -236,7 +236,7 @@ class Engine:
         self.pending_tokens.zero_()
 
     def _examples(self, batches: list[dict[str, torch.Tensor]]) -> int:
-        """Training examples in the step, every process counted (a packed batch is one row of several)."""
+        """Training examples in the step, every process counted (a packed batch has fewer rows than examples)."""
         local = sum(int(b[EXAMPLES]) if EXAMPLES in b else len(b["input_ids"]) for b in batches)
         return local * self.accelerator.num_processes
 

@@ -58,7 +58,8 @@ def test_accumulated_micro_batches_equal_one_large_batch(case, request, tmp_path
 
 @pytest.mark.parametrize("name", ["seq2seq-decoder", "instruction-decoder"])
 def test_packed_batches_train_as_padded_ones(name, request, tmp_path, tmp_path_factory, no_dropout):
-    """Packing changes the layout, not the loss: the same examples packed into one row train the same weights."""
+    """Packing changes the layout, not the loss: the same examples packed into rows train the same weights, computing
+    no more tokens than padding each to the batch's longest."""
     case = BY_NAME[name]
     model = case_model(case, request, tmp_path_factory)
     padded_recipe = case.recipe(tmp_path, model, **PROPORTIONAL)
@@ -68,8 +69,8 @@ def test_packed_batches_train_as_padded_ones(name, request, tmp_path, tmp_path_f
     assert "packing: true" in (packed.run_dir / "recipe.yaml").read_text()
     difference, scale = max_difference(weights(padded.run_dir), weights(packed.run_dir))
     assert difference <= TOLERANCE * scale
-    assert packed.metrics["train_real_tokens"] == packed.metrics["train_computed_tokens"]  # no padding at all
     assert packed.metrics["train_real_tokens"] == padded.metrics["train_real_tokens"]
+    assert packed.metrics["train_computed_tokens"] <= padded.metrics["train_computed_tokens"]
     assert padded.metrics["train_padding_share"] > 0
 
 

@@ -89,24 +89,26 @@ def test_whole_word_masking_masks_every_piece_of_a_chosen_word(minilm_tokenizer)
 def test_causal_blocks_cover_each_document_and_packing_keeps_documents_apart(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     task = lm_task("decoder", tok)
-    docs = [" ".join(SENTENCES[i : i + k]) for i, k in ((0, 1), (5, 6), (20, 2))]
-    blocks = task.blocks(docs[1], tok, 16)
+    docs = [" ".join(SENTENCES[i : i + k]) for i, k in ((0, 1), (20, 1), (5, 12))]
+    blocks = task.blocks(docs[2], tok, 32)
     ids = [i for b in blocks for i in b["input_ids"]]
     stop = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    assert ids == tok(docs[1], add_special_tokens=False)["input_ids"] + [stop]  # no bos in a WordPiece vocabulary
-    assert all(len(b["input_ids"]) <= 16 for b in blocks) and len(blocks) > 3
+    assert ids == tok(docs[2], add_special_tokens=False)["input_ids"] + [stop]  # no bos in a WordPiece vocabulary
+    assert all(len(b["input_ids"]) <= 32 for b in blocks) and len(blocks) > 3
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    rows = task.formatter("train")({"sentence": docs}, tok, 16)
+    rows = task.formatter("train")({"sentence": docs}, tok, 32)
     features = [dict(zip(rows, values)) for values in zip(*rows.values())]
     expected_sum = expected_count = 0.0
     for f in features:  # each block alone: the model's own mean loss over its predicted tokens
         out = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["input_ids"]]))
         expected_sum += out.loss.item() * (len(f["input_ids"]) - 1)
         expected_count += len(f["input_ids"]) - 1
-    packed = build_task(task.spec, None, "decoder", packing=True, tokenizer=tok)
+    packed = build_task(task.spec, None, "decoder", packing=32, tokenizer=tok)
+    batch = packed.collator(tok, None)(features)
+    assert len(batch["input_ids"]) < len(features)  # the short documents share a row
     with torch.no_grad():
-        loss, _ = packed.forward(model, packed.collator(tok, None)(features))
+        loss, _ = packed.forward(model, batch)
     assert loss.items["task"].item() == expected_count
     assert loss.sums["task"].item() == pytest.approx(expected_sum, rel=1e-5)
 

@@ -40,10 +40,11 @@ SIZES = {  # every architecture's own names for the sizes; each config takes tho
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
-EXAMPLES = [  # (prompt, target) token ids of three examples of different lengths
-    ([1, 5, 6, 7, 8], [9, 10, 2]),
+EXAMPLES = [  # (prompt, target) token ids of four examples of 11, 5, 4 and 8 tokens: packed in rows of 11 tokens as
+    ([1, 14, 15, 16, 17, 18, 19], [20, 21, 22, 2]),  # [11], [5, 4 and 2 tokens of padding], [8 and 3 of padding]
     ([1, 11, 12], [13, 2]),
-    ([1, 14, 15, 16, 17, 18, 19], [20, 21, 22, 2]),
+    ([1, 23], [24, 2]),
+    ([1, 5, 6, 7, 8], [9, 10, 2]),
 ]
 
 
@@ -81,7 +82,7 @@ def test_packed_examples_equal_each_example_alone_or_packing_is_refused(model_ty
         for p, t in EXAMPLES
     ]
     model = tiny_decoder(model_type)
-    padded_batch, packed_batch = GenerationCollator(0, decoder=True)(features), PackingCollator(0)(features)
+    padded_batch, packed_batch = GenerationCollator(0, decoder=True)(features), PackingCollator(0, 11)(features)
     with torch.no_grad():
         padded_loss, _ = task.forward(model, padded_batch)
         packed_loss, _ = task.forward(model, packed_batch)
@@ -89,10 +90,9 @@ def test_packed_examples_equal_each_example_alone_or_packing_is_refused(model_ty
         packed = model(
             input_ids=packed_batch["input_ids"], position_ids=packed_batch["position_ids"], use_cache=False
         ).logits
-    starts = [0, *torch.tensor([len(f["input_ids"]) for f in features]).cumsum(0).tolist()]
-    difference = max(
-        float((packed[0, a:b] - padded[i, : b - a]).abs().max()) for i, (a, b) in enumerate(zip(starts, starts[1:]))
-    )
+    assert packed_batch["input_ids"].shape == (3, 11) and int(packed_batch["examples"]) == 4
+    places = [(0, 0, 11), (1, 0, 5), (1, 5, 9), (2, 0, 8)]  # (row, start, end) of each example
+    difference = max(float((packed[row, a:b] - padded[i, : b - a]).abs().max()) for i, (row, a, b) in enumerate(places))
     if model_type in PACKING_ISOLATED:
         assert difference < 1e-5
         assert torch.equal(packed_loss.items["task"], padded_loss.items["task"])
@@ -122,7 +122,7 @@ def test_the_loss_from_target_logits_only_equals_the_full_logits_loss(model_type
         loss, _ = task.forward(model, batch)
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
     expected = token_loss(full, batch["labels"], shift=True)
-    assert torch.equal(loss.items["task"], expected.items["task"]) and int(loss.items["task"]) == 9
+    assert torch.equal(loss.items["task"], expected.items["task"]) and int(loss.items["task"]) == 11
     assert torch.allclose(loss.sums["task"], expected.sums["task"], rtol=1e-6, atol=0)
     assert torch.allclose(loss.per_example[0], expected.per_example[0], rtol=1e-6, atol=0)
 

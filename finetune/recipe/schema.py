@@ -192,8 +192,9 @@ class DataSpec(Section):
     )
     packing: bool | Literal["auto"] = Field(
         "auto",
-        description="Decoders: each batch's examples packed into one sequence without padding, positions restarting "
-        "per example so that none attends to another (transformers' padding-free collation). auto packs seq2seq "
+        description="Decoders: each batch's examples packed in order into rows no wider than its longest example, "
+        "positions restarting per example so that none attends to another (padding only at a row's end). auto packs "
+        "seq2seq, instruction and causal language-modelling examples "
         "and instruction examples on the architectures proven to keep them apart (the run's recipe.yaml says which).",
     )
 

@@ -27,7 +27,7 @@ def build_task(
     family: str = "encoder",
     *,
     max_target_length: int | None = None,
-    packing: bool = False,
+    packing: int = 0,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Task:
     """The task object for a task section, whole (the arguments as `Task` takes them)."""
@@ -41,7 +41,7 @@ def prepare_task(
 ) -> Task:
     """The recipe's task for a checkpoint of `family`, with the tokenizer made ready for it (GPT-1's tokens for a
     decoder's task head, a pad token for generation)."""
-    packing = recipe.data.packing is True  # "auto" is settled with the architecture
+    packing = recipe.data.max_length if recipe.data.packing is True else 0  # "auto" is settled with the architecture
     return build_task(
         recipe.task,
         labels,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
+from finetune.columns import CHOICE_MASK, PACKED_REAL, TOTAL_LENGTH
 from finetune.fields import get_field
 from finetune.heads import add_gpt1_tokens
 from finetune.losses import Loss, count_targets, example_loss, lm_targets
@@ -40,11 +40,12 @@ class Task:
         family: str = "encoder",
         *,
         max_target_length: int | None = None,
-        packing: bool = False,
+        packing: int = 0,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         """`labels`: the class names where the task predicts classes; `max_target_length`: a generated target's
-        token limit (data.max_target_length); `packing`: decoders' generation examples packed per batch; with
+        token limit (data.max_target_length); `packing`: the width of the rows a decoder's examples are packed
+        into per batch (data.max_length; 0: padded, not packed); with
         `tokenizer`, the tokenizer is made ready for the task (GPT-1's tokens for a decoder's task head)."""
         self.spec = spec
         self.labels = labels
@@ -187,9 +188,9 @@ class Task:
         return items
 
     def token_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(2,): the batch's real tokens and the tokens the model computes, padding included (a packed batch has
-        none; a group's padding candidates repeat its first sequence and count as padding)."""
-        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        """(2,): the batch's real tokens and the tokens the model computes, padding included (a packed batch
+        pads only its rows' ends; a group's padding candidates repeat its first sequence and count as padding)."""
+        ids, mask = batch["input_ids"], batch.get("attention_mask", batch.get(PACKED_REAL))
         real = mask if mask is not None else torch.ones_like(ids)
         if CHOICE_MASK in batch:  # (B, k, L) groups
             real = real * batch[CHOICE_MASK].unsqueeze(-1)

@@ -2,7 +2,7 @@
 
 - causal (decoders): each document is `[bos] text [eos]` cut into blocks of data.max_length tokens, every token
   a target (the loss as seq2seq computes it: logits of the predicting positions only). With data.packing a batch's
-  blocks are one row whose positions restart per block, so no block attends to another document.
+  blocks are packed into rows whose positions restart per block, so no block attends to another document.
 - masked (encoders): each document is cut into blocks of data.max_length tokens with the tokenizer's own special
   tokens (`[CLS] ... [SEP]`); transformers' `DataCollatorForLanguageModeling` masks them (80-10-10, or whole
   words), the loss on the masked positions.
@@ -27,12 +27,11 @@ import torch
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
-    DataCollatorWithFlattening,
     PreTrainedTokenizerBase,
 )
 
 from finetune import columns
-from finetune.batching import pad_sequences
+from finetune.batching import pack_rows, pad_sequences
 from finetune.errors import FinetuneError
 from finetune.losses import IGNORE, token_loss
 from finetune.tasks.base import Task, batch_rows
@@ -191,18 +190,15 @@ class PerExampleMasks:
 
 
 class BlockCollator:
-    """Causal LM blocks: one packed row (transformers' `DataCollatorWithFlattening`, positions restarting per
-    block) or right-padded rows, labels -100 on padding."""
+    """Causal LM blocks: packed into rows of `packing` tokens (`batching.pack_rows`, positions restarting per block)
+    or, with `packing` 0, right-padded rows; labels -100 on padding."""
 
-    def __init__(self, pad_token_id: int, packing: bool, pad_to_multiple_of: int | None = None) -> None:
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True) if packing else None
+    def __init__(self, pad_token_id: int, packing: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id, self.packing, self.pad_to_multiple_of = pad_token_id, packing, pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        if self.flatten is not None:
-            batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
-            batch[columns.EXAMPLES] = torch.tensor(len(features))
-            return batch
+        if self.packing:
+            return pack_rows(features, self.pad_token_id, self.packing)
         return _padded(features, self.pad_token_id, self.pad_to_multiple_of)
 
 

@@ -24,12 +24,11 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
-    DataCollatorWithFlattening,
     PreTrainedTokenizerBase,
 )
 
 from finetune import columns
-from finetune.batching import pad_sequences
+from finetune.batching import pack_rows, pad_sequences
 from finetune.fields import get_field, texts_of
 from finetune.lm_loss import causal_lm_loss
 from finetune.losses import IGNORE, Loss, count_targets, packed_segments, token_loss
@@ -168,7 +167,7 @@ class Seq2Seq(Task):
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> Any:
         if self.packing and self.family == "decoder":
-            return PackingCollator(tokenizer.pad_token_id)
+            return PackingCollator(tokenizer.pad_token_id, self.packing)
         return GenerationCollator(tokenizer.pad_token_id, self.family == "decoder", pad_to_multiple_of)
 
     def loss_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -289,19 +288,18 @@ class GenerationCollator:
 
 
 class PackingCollator:
-    """The batch's examples as one row without padding (transformers' `DataCollatorWithFlattening`: positions
-    restart per example, so attention stays within it), plus left-padded prompts for generation."""
+    """The batch's examples packed into rows of `width` tokens without padding between them (`batching.pack_rows`:
+    positions restart per example, so attention stays within it), plus left-padded prompts for generation."""
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True)
+    def __init__(self, pad_token_id: int, width: int) -> None:
+        self.pad_token_id, self.width = pad_token_id, width
         self.prompts = GenerationCollator(pad_token_id, decoder=True)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompts = self.prompts(features)
         if not features[0].get("labels"):  # prediction: prompts only, nothing to pack
             return prompts
-        batch = dict(self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
+        batch = pack_rows(features, self.pad_token_id, self.width)
         batch["generation_input_ids"] = prompts["generation_input_ids"]
         batch["generation_attention_mask"] = prompts["generation_attention_mask"]
-        batch[columns.EXAMPLES] = torch.tensor(len(features))
         return batch
