@@ -86,26 +86,24 @@ def pad_sequences(
 
 
 def pack_rows(features: list[dict], pad_token_id: int, width: int) -> dict[str, torch.Tensor]:
-    """Examples (`input_ids`, `labels`) packed in order into rows of `width` tokens (data.max_length; wider only
-    for a longer example), positions restarting per example so that attention stays within it (transformers reads
-    restarting positions without an attention mask as packed sequences). A token attends over no more of its row
-    than an example of `width` tokens would; one row holding a whole batch would cost attention quadratic in the
-    batch.
+    """Examples (`input_ids`, `labels`) packed in order into rows, positions restarting per example so that attention
+    stays within it (transformers reads restarting positions without an attention mask as packed sequences). Rows
+    are as wide as the batch's longest example or as `width` (data.max_length), whichever computes fewer tokens,
+    padding included: never more than padding each example to the longest, and a token never attends over more of
+    its row than an example of `width` tokens would (one row holding a whole batch would cost attention quadratic
+    in the batch).
 
     Each example's first label is dropped (it would be predicted from the previous example); a row's padding
     continues the last example's positions, labelled -100, so that it adds no example and no target.
 
     >>> b = pack_rows([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]},
-    ...                {"input_ids": [9, 4], "labels": [9, 4]}], 0, 3)
+    ...                {"input_ids": [9, 4], "labels": [9, 4]}], 0, 8)
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["labels"].tolist(), int(b["examples"])
     ([[5, 6, 7], [8, 9, 4]], [[0, 1, 2], [0, 0, 1]], [[-100, 6, 7], [-100, -100, 4]], 3)
     """
-    width = max(width, *(len(f["input_ids"]) for f in features))
-    rows: list[list[dict]] = [[]]
-    for feature in features:  # next fit: the examples' order is kept (per-example losses come out in it)
-        if sum(len(f["input_ids"]) for f in rows[-1]) + len(feature["input_ids"]) > width:
-            rows.append([])
-        rows[-1].append(feature)
+    longest = max(len(f["input_ids"]) for f in features)
+    layouts = [_next_fit(features, w) for w in sorted({longest, max(width, longest)})]
+    rows = min(layouts, key=lambda rows: len(rows) * max(sum(len(f["input_ids"]) for f in row) for row in rows))
     ids = [[t for f in row for t in f["input_ids"]] for row in rows]
     labels = [[t for f in row for t in [IGNORE, *f["labels"][1:]]] for row in rows]
     longest = max(map(len, ids))
@@ -121,6 +119,16 @@ def pack_rows(features: list[dict], pad_token_id: int, width: int) -> dict[str, 
         PACKED_REAL: pad_sequences([[1] * len(tokens) for tokens in ids], 0),
         EXAMPLES: torch.tensor(len(features)),
     }
+
+
+def _next_fit(features: list[dict], width: int) -> list[list[dict]]:
+    """The examples in order, a new row whenever the next one would make the row longer than `width`."""
+    rows: list[list[dict]] = [[]]
+    for feature in features:
+        if rows[-1] and sum(len(f["input_ids"]) for f in rows[-1]) + len(feature["input_ids"]) > width:
+            rows.append([])
+        rows[-1].append(feature)
+    return rows
 
 
 def pad_groups(

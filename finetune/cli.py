@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import EXIT_USER_ERROR, FinetuneError
+from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted
 
 EXAMPLES = {
     "train": """examples:
@@ -137,10 +139,24 @@ def run(argv: list[str]) -> CliResult:
     _configure_logging()
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as exc:
+        print(f"stopped: {exc.problems[0]}", file=sys.stderr)
+        print(f"continue with: {_resume_command(args, exc.run_dir)}", file=sys.stderr)
+        return CliResult(exc.exit_code)
     except FinetuneError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return CliResult(EXIT_USER_ERROR)
+    except KeyboardInterrupt:  # before training started or after it ended: nothing to checkpoint
+        print(f"error: {args.command} interrupted", file=sys.stderr)
+        return CliResult(128 + signal.SIGINT)
+
+
+def _resume_command(args: argparse.Namespace, run_dir: str) -> str:
+    """The command that continues an interrupted run exactly: its recipe and overrides, its folder and --resume."""
+    overrides = [o for o in args.overrides if not o.startswith("output_dir=")]
+    words = ["finetune", "train", str(args.recipe), *overrides, f"output_dir={run_dir}", "--resume"]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def main() -> None:

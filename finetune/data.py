@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import json
 import logging
 
@@ -155,10 +154,9 @@ def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
 def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:
     """Format and tokenize every split with `datasets.map`, cached under a fingerprint of everything that matters."""
     tokenized = {}
-    formatting = (task.spec.model_dump(), task.labels, max_length, task.max_target_length)
-    identity = (_tokenizer_identity(tokenizer), _formatting_code(task))
+    identity = (task.formatting_identity(), max_length, _tokenizer_identity(tokenizer))
     for key, ds in raw.items():
-        fingerprint = Hasher.hash((ds._fingerprint, *formatting, *identity))
+        fingerprint = Hasher.hash((ds._fingerprint, *identity))
         tokenized[key] = ds.map(
             task.formatter(key),
             batched=True,
@@ -168,14 +166,6 @@ def tokenize(raw: DatasetDict, task: Task, tokenizer: PreTrainedTokenizerBase, m
             desc=f"Tokenizing {key}",
         )
     return DatasetDict(tokenized)
-
-
-def _formatting_code(task: Task) -> str:
-    """The source of the code that formats this task's rows, so that changing it invalidates the cache."""
-    parts = [type(task), type(getattr(task, "head", task))]  # similarity and text to text format through a head
-    classes = [cls for part in parts for cls in part.__mro__ if cls.__module__.startswith("finetune.")]
-    modules = {inspect.getmodule(cls) for cls in classes} | {inspect.getmodule(get_field)}
-    return "".join(sorted(inspect.getsource(module) for module in modules))
 
 
 def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -26,28 +27,32 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
     PreTrainedTokenizerBase,
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
 )
 
 from finetune.batching import EpochSampler, chunks, example_length
 from finetune.columns import EXAMPLES
+from finetune.errors import FinetuneError, Interrupted, first_line
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
+from finetune.optimization import make_optimizer, make_scheduler, warmup_steps
 from finetune.progress import TrainState, Window, throughput
 from finetune.recipe.schema import TrainSpec
-from finetune.rundir import CHECKPOINTS, LOG_FILE, STATE_FILE, JsonlLog, checkpoint_dirs, replace_dir, write_json
+from finetune.rundir import (
+    CHECKPOINTS,
+    LOG_FILE,
+    STATE_FILE,
+    JsonlLog,
+    checkpoint_dirs,
+    link_tree,
+    replace_dir,
+    write_json,
+)
+from finetune.stopping import stop_signals
 
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 Evaluate = Callable[[torch.nn.Module, DataLoader, int], dict[str, float]]  # (model, loader, step) -> metrics
-SCHEDULES = {
-    "linear": get_linear_schedule_with_warmup,
-    "cosine": get_cosine_schedule_with_warmup,
-    "constant": lambda optimizer, warmup, _: get_constant_schedule_with_warmup(optimizer, warmup),
-}
 
 
 class Steps(Protocol):
@@ -93,7 +98,7 @@ class Engine:
         eval_loader = DataLoader(
             eval_set, batch_size=self.spec.eval_batch_size, collate_fn=collator, generator=torch.Generator()
         )
-        optimizer = self._setup_optimizer(model)
+        optimizer = make_optimizer(model, self.spec, self.accelerator.device)
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
@@ -101,7 +106,7 @@ class Engine:
             self.model.compile(dynamic=True)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
         self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
-        self.scheduler = self._setup_scheduler(self.optimizer)
+        self.scheduler = make_scheduler(self.optimizer, self.spec, self.total_steps)
         self.accelerator.register_for_checkpointing(self.scheduler)
         self.num_train_samples = len(train_set)
         if resume_from is not None:
@@ -115,7 +120,7 @@ class Engine:
             self.spec.batch_size * world * self.spec.grad_accum,
             self.total_steps,
             self.steps_per_epoch,
-            self.warmup_steps,
+            warmup_steps(self.spec, self.total_steps),
         )
 
     def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[EpochSampler, DataLoader]:
@@ -132,31 +137,10 @@ class Engine:
         )
         return sampler, loader
 
-    def _setup_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        # No weight decay on biases and LayerNorm weights: the 1-D parameters.
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.spec.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        settings = {"lr": self.spec.lr, "betas": self.spec.adam_betas, "eps": self.spec.adam_eps}
-        if self.spec.optimizer == "adamw":  # fused: one kernel for every parameter (the HF Trainer's default too)
-            fused = self.accelerator.device.type in ("cpu", "cuda")
-            return torch.optim.AdamW(groups, fused=fused or None, **settings)
-        import bitsandbytes as bnb  # slow to import: only when asked for
-
-        optimizer = bnb.optim.PagedAdamW8bit if self.spec.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        return optimizer(groups, **settings)
-
-    def _setup_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        warmup = self.spec.warmup
-        self.warmup_steps = int(warmup) if warmup >= 1 else round(warmup * self.total_steps)
-        return SCHEDULES[self.spec.schedule](optimizer, self.warmup_steps, self.total_steps)
-
     # -- train ---------------------------------------------------------------------------------
     def train(self) -> TrainState:
         """The loop: each step's micro-batches forward and backward, then clip, step, log, evaluate, checkpoint."""
-        state, spec, acc = self.state, self.spec, self.accelerator
+        state, acc = self.state, self.accelerator
         bar = tqdm(
             total=self.total_steps,
             initial=state.global_step,
@@ -166,6 +150,16 @@ class Engine:
             dynamic_ncols=True,
         )
         window = Window()
+        with stop_signals() as received:
+            self._loop(window, bar, received)
+        bar.close()
+        self._count_tokens()
+        if state.last_eval_step != state.global_step:
+            self._evaluate()
+        return state
+
+    def _loop(self, window: Window, bar: tqdm, received: list[int]) -> None:
+        state, spec, acc = self.state, self.spec, self.accelerator
         while state.global_step < self.total_steps and not state.stopped_early:
             self.model.train()
             self.train_loader.set_epoch(state.epoch)
@@ -183,15 +177,22 @@ class Engine:
                 self._after_step(window, bar)
                 if state.global_step >= self.total_steps or state.stopped_early:
                     break
+                self._stop_if_signalled(received)
             if state.batches_in_epoch == len(self.train_loader):  # the epoch ran to its end (the last one too)
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_epoch()
                 window.restart_clock()  # end-of-epoch evaluation and saving are not training time
-        bar.close()
-        self._count_tokens()
-        if state.last_eval_step != state.global_step:
-            self._evaluate()
-        return state
+
+    def _stop_if_signalled(self, received: list[int]) -> None:
+        """After a step: when any process got SIGTERM or SIGINT, every process saves the checkpoint and stops."""
+        acc = self.accelerator
+        flag = torch.tensor(float(received[0] if received else 0), device=acc.device)
+        if acc.num_processes > 1:  # all of them stop at the same step, or the collectives would hang
+            flag = acc.reduce(flag, reduction="max")
+        if flag.item():
+            number = int(flag.item())
+            self._save_checkpoint()
+            raise Interrupted(signal.Signals(number).name, number, self.state.global_step, str(self.run_dir))
 
     def _step(self, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over its micro-batches; returns this process's part of the step's loss.
@@ -356,17 +357,33 @@ class Engine:
                 model.write_settings(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / STATE_FILE, {**asdict(self.state), "log_records": len(self.log.read())})
+            if (self.run_dir / BEST_DIR).is_dir():  # the best weights so far belong to the checkpoint's state
+                link_tree(self.run_dir / BEST_DIR, tmp / BEST_DIR)
             replace_dir(tmp, final)
             for old in checkpoint_dirs(self.run_dir)[: -self.spec.keep_checkpoints]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
     def _load_checkpoint(self, folder: Path) -> None:
-        # a 4-bit base stores its quantisation constants beside the weights, which its layers do not read back
-        self.accelerator.load_state(str(folder), strict=not has_adapter(self.model))
-        saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        try:
+            # a 4-bit base stores its quantisation constants beside the weights, which its layers do not read back
+            self.accelerator.load_state(str(folder), strict=not has_adapter(self.model))
+            saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        except Exception as exc:  # torch, safetensors and json each raise their own kinds on a damaged file
+            raise FinetuneError(
+                f"--resume: the checkpoint {folder} does not load ({first_line(exc)}); delete it to resume from the "
+                "one before"
+            ) from None
         self.log.keep_first(saved.pop("log_records"))  # what was logged after the checkpoint is logged again
         self.state = TrainState(**saved)
+        best = self.run_dir / BEST_DIR  # the checkpoint's, not one an evaluation after it saved
+        if self.accelerator.is_main_process:
+            if (folder / BEST_DIR).is_dir():
+                link_tree(folder / BEST_DIR, best.with_name(f".tmp-{BEST_DIR}"))
+                replace_dir(best.with_name(f".tmp-{BEST_DIR}"), best)
+            elif best.is_dir():
+                shutil.rmtree(best)
+        self.accelerator.wait_for_everyone()
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             folder,

@@ -16,3 +16,12 @@ class FinetuneError(Exception):
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (library errors run long), or its type's name."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Interrupted(FinetuneError):
+    """A run stopped by a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) after saving a checkpoint; exits
+    with the shell's code for the signal (128 + its number)."""
+
+    def __init__(self, signal_name: str, signal_number: int, step: int, run_dir: str) -> None:
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved in {run_dir}; nothing is lost")
+        self.exit_code, self.run_dir = 128 + signal_number, run_dir

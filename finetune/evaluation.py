@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.columns import GROUP, PROMPT_LENGTH, REFERENCES
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.recipe.schema import GenerationSpec
+from finetune.rundir import write_json
 from finetune.tasks import Seq2Seq, Task
 
 MAX_LOG_PERPLEXITY = 700.0  # exp() of more overflows a float; metrics files hold finite numbers only
@@ -151,7 +154,7 @@ def write_task_table(table: dict[str, dict[str, float]], predictions_path: Path)
     """`<predictions>.tasks.json` and the markdown table `<predictions>.tasks.md`: a row per task, then the mean
     over tasks (each task counting once)."""
     base = predictions_path.with_suffix("")
-    base.with_name(base.name + ".tasks.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    write_json(base.with_name(base.name + ".tasks.json"), table)
     names = [k for k in next(iter(table.values())) if k != "examples"]
     rows = [(task, row["examples"], [row[n] for n in names]) for task, row in table.items()]
     means = [sum(row[n] for row in table.values()) / len(table) for n in names]
@@ -159,3 +162,39 @@ def write_task_table(table: dict[str, dict[str, float]], predictions_path: Path)
     lines = ["| task | examples | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     lines += [f"| {t} | {n} | " + " | ".join(f"{v:.4f}" for v in values) + " |" for t, n, values in rows]
     base.with_name(base.name + ".tasks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def evaluator(
+    task: Task,
+    accelerator: Accelerator,
+    tokenizer: PreTrainedTokenizerBase,
+    generation: GenerationSpec,
+    eval_set: Dataset,
+    predictions_path: Callable[[int | None], Path | None],
+) -> Callable[[torch.nn.Module, DataLoader, int | None], dict[str, float]]:
+    """How a task is scored, by what it predicts: a language model by its loss per token, a generating task by its
+    text (its predictions written to `predictions_path(step)`), any other by its outputs against the labels."""
+    if task.spec.predicts == "tokens":
+        return lambda model, loader, step=None: evaluate_tokens(model, loader, task, accelerator)
+    if not task.spec.generates:
+        return lambda model, loader, step=None: evaluate_model(model, loader, task, accelerator)
+
+    def generate_and_score(model: torch.nn.Module, loader: DataLoader, step: int | None = None) -> dict[str, float]:
+        path = predictions_path(step)
+        return evaluate_generation(model, loader, task, accelerator, generation, tokenizer, eval_set, path)
+
+    return generate_and_score
+
+
+def predict_outputs(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    task: Task,
+    accelerator: Accelerator,
+    generation: GenerationSpec,
+    tokenizer: PreTrainedTokenizerBase,
+) -> Any:
+    """What `task.describe` turns into prediction records: generated texts, or logits."""
+    if task.spec.generates:
+        return generate_texts(model, loader, task, accelerator, generation, tokenizer)[0]
+    return predict_logits(model, loader, task, accelerator)[0]

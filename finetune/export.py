@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from pydantic import ValidationError
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
 from finetune.errors import FinetuneError, first_line
@@ -19,7 +20,7 @@ from finetune.mirrors import PACKAGED, base_record, resolve_model
 from finetune.plots import PLOT_FILE
 from finetune.recipe import Recipe, dump_recipe, load_recipe
 from finetune.recipe.schema import HubSpec
-from finetune.rundir import BASE_FILE, METRICS_FILE, find_recipe, write_recipe
+from finetune.rundir import BASE_FILE, METRICS_FILE, check_writable, find_recipe, write_recipe
 from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def merge_run(run_dir: Path, out_dir: Path) -> Path:
     was 4/8-bit: the weights the quantised layers computed with), with the tokenizer, recipe and card."""
     if not is_adapter_dir(run_dir):
         raise FinetuneError(f"{run_dir}: no adapter here ({ADAPTER_CONFIG} missing); only LoRA runs are merged")
+    check_writable(out_dir, "out_dir", folder=True)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FinetuneError(f"{out_dir}: not empty; merge writes a fresh folder")
     run = load_run(run_dir, dequantize=True, prepare=False)
@@ -216,13 +218,19 @@ def push_run(run_dir: Path, repo: str | None = None, private: bool | None = None
         raise FinetuneError("--repo: name the Hub repository (user/name), or set hub.repo in the recipe")
     private = private if private is not None else bool(hub and hub.private)
     merged = merged if merged is not None else bool(hub and hub.merged)
+    try:
+        hub_spec = HubSpec(repo=repo, private=private, merged=merged)
+    except ValidationError as exc:
+        raise FinetuneError(f"--repo: {exc.errors()[0]['msg'].removeprefix('Value error, hub.repo: ')}") from None
     token = get_token()
     if token is None:
         raise FinetuneError("push: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
     with tempfile.TemporaryDirectory() as tmp:
         folder = merge_run(run_dir, Path(tmp) / "merged") if merged else run_dir
         run = _check_loads(folder)
-        target = run.recipe.model_copy(update={"hub": HubSpec(repo=repo, private=private, merged=merged)})
+        target = run.recipe.model_copy(update={"hub": hub_spec})
+        card = folder / "README.md"
+        before = card.read_bytes() if card.is_file() else None
         write_model_card(folder, target, _metrics_of(run_dir), run.task, merged_from=run_dir if merged else None)
         api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
         try:
@@ -234,6 +242,10 @@ def push_run(run_dir: Path, repo: str | None = None, private: bool | None = None
                 commit_message=f"finetune: {recipe.name} ({_kind(folder, merged)})",
             )
         except Exception as exc:  # huggingface_hub raises HTTP, connection and validation errors alike
+            if before is None:  # a failed push leaves the run's card as it was
+                card.unlink(missing_ok=True)
+            else:
+                card.write_bytes(before)
             raise FinetuneError(f"push: {_redact(first_line(exc), token)}") from None
     log.info("pushed %s to %s", folder.name, repo)
     return commit.commit_url

@@ -44,11 +44,28 @@ def template_fields(template: str, key: str = "task.context_template") -> list[s
 
 
 def fill_template(template: str, row: dict[str, Any], key: str) -> str:
-    """The template with the row's fields filled in; `key` names the recipe field in the error."""
+    """The template with the row's fields filled in; `key` names the recipe field in the error (a null field is
+    one: it would read as the text "None")."""
     try:
-        return template.format_map(row)
+        text = template.format_map(row)
     except (KeyError, IndexError, TypeError) as exc:
         raise FinetuneError(f"{key}: the row has no field {exc}") from None
+    for path in template_fields(template, key):
+        text_field(row, path, key)
+    return text
+
+
+def text_field(row: dict[str, Any], path: str, key: str) -> str:
+    """The text at `path`; a row where it is null or missing is an error naming the recipe `key` (never "None")."""
+    value = field_or_none(row, path)
+    if value is None:
+        raise FinetuneError(f"{key}: {path} is null or missing in a row ({_brief(row)})")
+    return str(value)
+
+
+def _brief(row: dict[str, Any]) -> str:
+    text = repr(row)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def texts_of(value: Any) -> list[str]:

@@ -13,7 +13,7 @@ from finetune.accelerator import make_accelerator
 from finetune.adapters import is_adapter_dir
 from finetune.families import detect_family, read_config
 from finetune.mirrors import resolve_model
-from finetune.model import load_adapter, load_finetuned, resolve_architecture
+from finetune.model import load_adapter, load_finetuned, resolve_architecture, with_vocabulary
 from finetune.recipe import Recipe, load_recipe
 from finetune.rundir import find_recipe
 from finetune.tasks import Task, prepare_task
@@ -61,6 +61,6 @@ def _load_adapter_run(recipe: Recipe, folder: Path, dequantize: bool) -> tuple[T
     resolved = resolve_model(recipe.model.name)
     known = None if recipe.model.family == "auto" else recipe.model.family
     family, _ = resolve_architecture(recipe.model, Report(model=resolved, family=known))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = with_vocabulary(AutoTokenizer.from_pretrained(folder), str(folder))
     task = prepare_task(recipe, recipe.task.class_names, family, tokenizer)
     return task, tokenizer, load_adapter(recipe, resolved, task, tokenizer, folder, dequantize)

@@ -37,11 +37,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokenizerBase:
     """The checkpoint's own tokenizer."""
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             local_checkpoint(resolved), revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"model.name: cannot load a tokenizer from {spec.name}: {first_line(exc)}") from None
+    return with_vocabulary(tokenizer, f"model.name: {spec.name}")
+
+
+def with_vocabulary(tokenizer: PreTrainedTokenizerBase, where: str) -> PreTrainedTokenizerBase:
+    """`tokenizer`, refused when it knows no token but its special ones: what transformers builds for a folder
+    whose tokenizer files are missing, which would read every text as [UNK]."""
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_ids)):
+        raise FinetuneError(
+            f"{where} has no tokenizer files (its tokenizer knows only its {len(tokenizer.get_vocab())} special "
+            "tokens, so every text would read as unknown); copy the checkpoint's tokenizer files beside its weights"
+        )
+    return tokenizer
 
 
 def resolve_architecture(spec: ModelSpec, report: Report) -> tuple[str, str | None]:
@@ -143,10 +155,12 @@ def attention(spec: ModelSpec) -> dict[str, str]:
     return {"attn_implementation": spec.attn_implementation}
 
 
-def transformer_blocks(model: PreTrainedModel) -> dict[str, torch.nn.ModuleList]:
+def transformer_blocks(
+    model: PreTrainedModel, setting: str = "model.pretrained_layers"
+) -> dict[str, torch.nn.ModuleList]:
     """The stacks of transformer blocks by name: an encoder-decoder's encoder and decoder (T5's encoder.block and
     decoder.block, BART's encoder.layers and decoder.layers), else the one stack (bert.encoder.layer,
-    transformer.h, model.layers, ...)."""
+    transformer.h, model.layers, ...). Not found: an error naming the recipe `setting` that needs them."""
     if model.config.is_encoder_decoder:  # each stack's first list of modules is its blocks
         stacks, depth = {"encoder": model.get_encoder(), "decoder": model.get_decoder()}, None
     else:  # the first list as long as the model is deep
@@ -157,9 +171,7 @@ def transformer_blocks(model: PreTrainedModel) -> dict[str, torch.nn.ModuleList]
     }
     missing = [name for name, blocks in found.items() if blocks is None]
     if missing:
-        raise FinetuneError(
-            f"model.pretrained_layers: cannot find the {' and '.join(missing)} blocks of {type(model).__name__}"
-        )
+        raise FinetuneError(f"{setting}: cannot find the {' and '.join(missing)} blocks of {type(model).__name__}")
     return found
 
 
@@ -185,7 +197,7 @@ def keep_every_other_block(model: PreTrainedModel) -> None:
         raise FinetuneError(
             "model.init_from_teacher: halves an encoder's or a decoder's stack, not an encoder-decoder's"
         )
-    (blocks,) = transformer_blocks(model).values()
+    (blocks,) = transformer_blocks(model, "model.init_from_teacher").values()
     depth = len(blocks)
     for index in reversed(range(1, depth, 2)):
         del blocks[index]  # the list renumbers its blocks
@@ -204,7 +216,8 @@ def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, Pre
     if (Path(folder) / HEAD_CONFIG).is_file():
         model_class = ExtractTokenModel
     try:
-        return model_class.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        tokenizer = with_vocabulary(AutoTokenizer.from_pretrained(folder), str(folder))
+        return model_class.from_pretrained(folder), tokenizer
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {first_line(exc)}") from None
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
 
 from finetune import data
 from finetune.accelerator import make_accelerator, settle_precision
 from finetune.adapters import check_quantization_device
 from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
-from finetune.evaluation import evaluate_generation, evaluate_model, evaluate_tokens, generate_texts, predict_logits
+from finetune.evaluation import evaluator, predict_outputs
 from finetune.export import push_run, write_model_card
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, token_metrics, without_histograms
@@ -27,19 +24,22 @@ from finetune.loaded_run import load_run
 from finetune.mirrors import base_record
 from finetune.model import build_model
 from finetune.plots import plot_training
-from finetune.prepare import checked, prepare, tokenize_splits
+from finetune.prepare import Prepared, checked, prepare, tokenize_splits
 from finetune.recipe import Recipe
 from finetune.recipe.schema import ReaderSpec
 from finetune.rundir import (
     METRICS_FILE,
+    check_resumable,
+    check_writable,
     choose_run_dir,
     latest_checkpoint,
-    warn_if_changed,
+    locked,
     write_json,
     write_recipe,
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
 from finetune.tasks import Task
+from finetune.validate import Report
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +68,26 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     accelerator = make_accelerator(recipe.train)
     # one process converts, downloads and tokenizes; the rest read its cache
     ready = prepare(recipe, report, accelerator.main_process_first())
-    recipe, task, tokenizer = ready.recipe, ready.task, ready.tokenizer
-    tokenized, data_report = ready.splits, ready.data_report
+    recipe = ready.recipe
     set_seed(recipe.train.seed)  # the new head's initial weights depend on it
-    model = build_model(recipe, report.model, task, tokenizer)  # before the run folder: nothing written on failure
+    # built before the run folder is chosen: nothing is written when it fails
+    model = build_model(recipe, report.model, ready.task, ready.tokenizer)
     run_dir = choose_run_dir(recipe, overwrite=overwrite, resume=resume, accelerator=accelerator)
     log.info("run folder: %s", run_dir)
-    if accelerator.is_main_process:
+    with locked(run_dir, accelerator):
         if resume:
-            warn_if_changed(run_dir, recipe)
-        write_recipe(run_dir, recipe, base_record(report.model, recipe.model.revision))
-        if data_report["lengths"]:
-            write_json(run_dir / LENGTHS_FILE, without_histograms(data_report["lengths"]))
-            plot_lengths(data_report["lengths"], run_dir)
-        if data_report["mixture"]:
-            write_json(run_dir / MIXTURE_FILE, data_report["mixture"])
+            check_resumable(run_dir, recipe)
+        metrics = _train_in(run_dir, ready, model, accelerator, report, resume)
+    accelerator.end_training()
+    return RunResult(run_dir, metrics)
+
+
+def _train_in(
+    run_dir: Path, ready: Prepared, model: Any, accelerator: Any, report: Report, resume: bool
+) -> dict[str, Any]:
+    """Train `model` on what `ready` prepared into `run_dir`, save and report; the run's metrics."""
+    recipe, task, tokenizer = ready.recipe, ready.task, ready.tokenizer
+    tokenized, data_report = ready.splits, ready.data_report
     engine = Engine(recipe.train, run_dir, accelerator, metric=task.metric_names[0])
     engine.setup(
         model,
@@ -96,15 +101,22 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         task.prepare_training(tokenized["train"], tokenizer, accelerator, recipe.train.eval_batch_size),
         tokenized["eval"],
         evaluator(
-            recipe,
             task,
-            tokenizer,
             accelerator,
+            tokenizer,
+            recipe.generation,
             tokenized["eval"],
             lambda step: run_dir / PREDICTIONS_DIR / f"step-{step}.jsonl",
         ),
         resume_from=latest_checkpoint(run_dir) if resume else None,
     )
+    if accelerator.is_main_process:  # once the checkpoint has loaded: a failed resume leaves the folder as it was
+        write_recipe(run_dir, recipe, base_record(report.model, recipe.model.revision))
+        if data_report["lengths"]:
+            write_json(run_dir / LENGTHS_FILE, without_histograms(data_report["lengths"]))
+            plot_lengths(data_report["lengths"], run_dir)
+        if data_report["mixture"]:
+            write_json(run_dir / MIXTURE_FILE, data_report["mixture"])
     state = engine.train()
     metrics = {
         **engine.save_final(),
@@ -131,40 +143,17 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
         write_model_card(run_dir, recipe, metrics, task)
         if recipe.hub is not None and recipe.hub.push:
             log.info("pushed: %s", push_run(run_dir))
-    accelerator.end_training()
-    return RunResult(run_dir, metrics)
-
-
-def evaluator(
-    recipe: Recipe,
-    task: Task,
-    tokenizer: PreTrainedTokenizerBase,
-    accelerator: Any,
-    eval_set: Any,
-    predictions_path: Callable[[int | None], Path | None],
-) -> Callable[[Any, DataLoader, int | None], dict[str, float]]:
-    """The evaluation function for a task: metrics over the loader; seq2seq generates, and writes its predictions
-    to `predictions_path(step)`."""
-    if task.spec.predicts == "tokens":
-        return lambda model, loader, step=None: evaluate_tokens(model, loader, task, accelerator)
-    if not task.spec.generates:
-        return lambda model, loader, step=None: evaluate_model(model, loader, task, accelerator)
-
-    def generate_and_score(model: Any, loader: DataLoader, step: int | None = None) -> dict[str, float]:
-        path = predictions_path(step)
-        return evaluate_generation(model, loader, task, accelerator, recipe.generation, tokenizer, eval_set, path)
-
-    return generate_and_score
+    return metrics
 
 
 def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
     """`finetune eval`: score a run folder or checkpoint on its recipe's evaluation split (or `split`)."""
     run = load_run(folder)
     split = split or run.recipe.data.eval_split
-    raw = data.cap_splits(data.load_splits(run.recipe, {"eval": split})[0], run.recipe.data, run.recipe.train.seed)
-    tokenized = tokenize_splits(raw, run.task, run.tokenizer, run.recipe)[0]["eval"]
+    raw, _ = data.load_splits(run.recipe, {"eval": split})
+    tokenized = tokenize_splits(raw, run.task, run.tokenizer, run.recipe)[0]["eval"]  # as training tokenized it
     predictions = folder / f"predictions_{split}.jsonl"  # seq2seq: beside the metrics
-    score = evaluator(run.recipe, run.task, run.tokenizer, run.accelerator, tokenized, lambda step: predictions)
+    score = evaluator(run.task, run.accelerator, run.tokenizer, run.recipe.generation, tokenized, lambda _: predictions)
     metrics = score(run.model, run.loader(tokenized))
     if run.accelerator.is_main_process:
         write_json(folder / f"eval_{split}.json", metrics)
@@ -173,17 +162,16 @@ def evaluate_run(folder: Path, split: str | None = None) -> dict[str, float]:
 
 def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> list[dict[str, Any]]:
     """`finetune predict`: label (with probabilities) or score every row of a jsonl, json, csv, tsv or parquet file."""
+    if output_path is not None:
+        check_writable(output_path, "--output", inputs=(input_path,))
     run = load_run(folder)
     rows = _read_inputs(input_path, run.task)
     columns = {c: [r.get(c) for r in rows] for c in rows[0]}
     encoded = run.task.format_inputs(columns, run.tokenizer, run.recipe.data.max_length)
     features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
-    if run.task.spec.generates:
-        outputs, _ = generate_texts(
-            run.model, run.loader(features), run.task, run.accelerator, run.recipe.generation, run.tokenizer
-        )
-    else:
-        outputs, _ = predict_logits(run.model, run.loader(features), run.task, run.accelerator)
+    outputs = predict_outputs(
+        run.model, run.loader(features), run.task, run.accelerator, run.recipe.generation, run.tokenizer
+    )
     records = [{**row, **pred} for row, pred in zip(rows, run.task.describe(outputs), strict=True)]
     if output_path is not None:
         output_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

@@ -103,7 +103,7 @@ def prepare_data(
         if average == "binary":
             how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
         log.info("f1: %s", how)
-    tokenized, lengths = tokenize_splits(data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe)
+    tokenized, lengths = tokenize_splits(raw, task, tokenizer, recipe)
     data.log_samples(tokenized[first], tokenizer)
     return task, tokenized, {"lengths": lengths, "mixture": mixture}
 
@@ -111,6 +111,9 @@ def prepare_data(
 def tokenize_splits(
     raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> tuple[Any, dict[str, Any]]:
-    """Tokenized splits without skipped rows, and their length report (seq2seq; empty for other tasks)."""
-    tokenized = data.tokenize(raw, task, tokenizer, recipe.data.max_length)
+    """The splits capped (data.max_*_examples) and tokenized, without skipped rows, and their length report
+    (seq2seq; empty for other tasks). `finetune eval` reads a run's split through it with the run's own task."""
+    tokenized = data.tokenize(
+        data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe.data.max_length
+    )
     return take_length_report(tokenized, task, recipe.data.max_length)

@@ -229,8 +229,20 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             report.problems.append(problem)
     for key, split in splits.items():
         problems, notes = task.check_rows(split, key.removesuffix("_split"), rows[split], report.labels)
-        report.problems.extend(problems)
+        report.problems.extend(null_texts(task.fields("input"), split, rows[split]) + problems)
         report.notes.extend(notes)
+
+
+def null_texts(fields: dict[str, str], split: str, rows: list[dict]) -> list[str]:
+    """A problem for each input field that is null or missing in some row (it would read as the text "None")."""
+    problems = []
+    for key, path in fields.items():
+        empty = [number for number, row in enumerate(rows) if field_or_none(row, path) is None]
+        if empty:
+            more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+            rows_named = ", ".join(map(str, empty[:3]))
+            problems.append(f"{key}: {path} is null or missing in row(s) {rows_named}{more} of split {split!r}")
+    return problems
 
 
 def _check_mixture(recipe: Recipe, report: Report) -> None:

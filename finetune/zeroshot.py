@@ -25,12 +25,12 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from finetune import data
 from finetune.accelerator import make_accelerator
 from finetune.errors import FinetuneError
+from finetune.evaluation import evaluator
 from finetune.fields import fill_template
 from finetune.gguf_models import local_checkpoint
 from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
-from finetune.pipeline import evaluator
 from finetune.prepare import prepare, settle_architecture
 from finetune.recipe import Recipe
 from finetune.validate import Report, check
@@ -87,7 +87,7 @@ def _zero_shot_as_trained(
     accelerator = make_accelerator(recipe.train)
     model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model)))
     run = LoadedRun(recipe, task, tokenizer, model, accelerator)  # the base model, loaded as a run would be
-    score = evaluator(recipe, task, tokenizer, accelerator, tokenized, lambda step: predictions_path)
+    score = evaluator(task, accelerator, tokenizer, recipe.generation, tokenized, lambda _: predictions_path)
     metrics = score(run.model, run.loader(tokenized))
     return {**metrics, "num_examples": len(tokenized)}
 

@@ -51,6 +51,15 @@ def test_soft_targets_are_t_squared_kl_and_padded_candidates_take_no_part():
     )
 
 
+def test_the_tokenization_cache_is_the_students():
+    """Rows are formatted by the student: changing the distillation's weights or temperature reuses the cached
+    tokenization; changing what the student reads does not."""
+    student = {"type": "classification", "text_a": "s", "labels": ["a", "b"]}
+    first = distillation(student, alpha_ce=0.5).formatting_identity()
+    assert distillation(student, alpha_ce=0.9, temperature=4.0).formatting_identity() == first
+    assert distillation({**student, "text_a": "t"}, alpha_ce=0.5).formatting_identity() != first
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_bert):
     """A tiny BERT classifier fine-tuned on real SST-2 rows: the teacher run."""

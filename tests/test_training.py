@@ -180,6 +180,11 @@ def test_non_empty_run_folder_is_refused_unless_overwrite(tmp_path, tiny_bert, s
     recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1)
     assert run_cli("train", recipe, f"output_dir={run}").exit_code == 2
     assert "is not empty" in capsys.readouterr().err and (run / "keep.txt").exists()
+    assert run_cli("train", recipe, f"output_dir={run}", "--overwrite").exit_code == 2  # not a run folder of ours
+    assert "is not a run folder" in capsys.readouterr().err and (run / "keep.txt").exists()
+    (run / "keep.txt").unlink()
+    assert run_cli("train", recipe, f"output_dir={run}").exit_code == 0  # an empty folder is taken
+    (run / "keep.txt").write_text("left in a run folder")
     assert run_cli("train", recipe, f"output_dir={run}", "--overwrite").exit_code == 0
     assert not (run / "keep.txt").exists()
     shutil.rmtree(run)
@@ -218,8 +223,9 @@ def test_resume_without_output_dir_continues_the_newest_run(tmp_path, tiny_bert,
     first = run_cli("train", recipe)
     run_dirs = list((tmp_path / "runs" / "recipe").iterdir())
     assert len(run_dirs) == 1 and first.run_dir.resolve() == run_dirs[0].resolve()
-    resumed = run_cli("train", recipe, "--resume", "train.epochs=2")
-    assert resumed.run_dir.resolve() == run_dirs[0].resolve() and resumed.metrics["train_steps"] == 8
+    assert run_cli("train", recipe, "--resume", "train.epochs=2").exit_code == 2  # a schedule for 1 epoch ran
+    resumed = run_cli("train", recipe, "--resume")
+    assert resumed.run_dir.resolve() == run_dirs[0].resolve() and resumed.metrics["train_steps"] == 4
 
 
 @pytest.mark.parametrize("task", ["classification", "similarity"])

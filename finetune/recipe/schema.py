@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -24,6 +24,7 @@ from finetune.specs.base import Section
 InstructionFormat = Literal["alpaca", "prompt_completion", "messages", "natural_instructions"]
 Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
 DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 # Names other tools use for our options, so that a familiar spelling gets the right suggestion.
 KEY_ALIASES: dict[str, str] = {
@@ -241,7 +242,7 @@ class TrainSpec(Section):
     weight_decay: NonNegativeFloat = Field(
         0.01, description="AdamW weight decay, not applied to biases and LayerNorm weights."
     )
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW beta1 and beta2.")
+    adam_betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW beta1 and beta2, each in [0, 1).")
     adam_eps: PositiveFloat = Field(1e-8, description="AdamW epsilon.")
     warmup: NonNegativeFloat = Field(
         0.06, description="Linear warmup: below 1 a share of the total steps, from 1 up a number of steps."
@@ -288,6 +289,15 @@ class TrainSpec(Section):
     def _early_stopping_needs_evals(self) -> TrainSpec:
         if self.early_stopping is not None and not self.select_best:
             raise ValueError("train.early_stopping: needs train.select_best: true to return the best weights")
+        return self
+
+    @model_validator(mode="after")
+    def _decay_below_one_per_step(self) -> TrainSpec:
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"train.weight_decay: {self.weight_decay:g} x train.lr {self.lr:g} shrinks every weight past zero at "
+                "each step; keep lr x weight_decay below 1 (0.01 to 0.1 is usual)"
+            )
         return self
 
 

@@ -37,9 +37,10 @@ ALL_FAMILIES = frozenset(FAMILY_ORDER)
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are frozen once validated."""
+    """Base of every recipe section: unknown keys are errors, numbers are finite, values are frozen once
+    validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TaskSpecBase(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from finetune.columns import CHOICE_MASK, PACKED_REAL, TOTAL_LENGTH
-from finetune.fields import get_field
+from finetune.fields import get_field, text_field
 from finetune.heads import add_gpt1_tokens
 from finetune.losses import Loss, count_targets, example_loss, lm_targets
 from finetune.specs import TaskSpec
@@ -78,6 +79,15 @@ class Task:
         """The tokenized training split as training reads it (a distillation adds its teacher's logits)."""
         return train
 
+    def formatting_identity(self) -> tuple:
+        """What decides how this task formats rows, for the tokenization cache: its spec, labels, target limit and
+        the source of the code that formats them (so that changing it invalidates the cache)."""
+        parts = [type(self), type(getattr(self, "head", self))]  # similarity and text to text format through a head
+        classes = [cls for part in parts for cls in part.__mro__ if cls.__module__.startswith("finetune.")]
+        modules = {inspect.getmodule(cls) for cls in classes} | {inspect.getmodule(get_field)}
+        code = "".join(sorted(inspect.getsource(module) for module in modules))
+        return self.spec.model_dump(), self.labels, self.max_target_length, code
+
     def formatter(self, role: str) -> Any:
         """The batched function that formats a split in `role` (train or eval); most tasks format both alike."""
         return self.format
@@ -112,7 +122,8 @@ class Task:
 
     def encode_texts(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
         """One row's text (or pair) as token ids, token types and attention mask."""
-        texts = [str(get_field(row, path)) for path in (self.spec.text_a, self.spec.text_b) if path]
+        keys = {"task.text_a": self.spec.text_a, "task.text_b": self.spec.text_b}
+        texts = [text_field(row, path, key) for key, path in keys.items() if path]
         return self.encode(tokenizer, max_length, *texts)
 
     def encode(
