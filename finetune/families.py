@@ -50,9 +50,12 @@ def read_config(location: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FinetuneError(f"model.name: no config.json in {location}; is it a save_pretrained folder?")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FinetuneError(f"model.name: {path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise FinetuneError(f"model.name: {path} holds a JSON {type(config).__name__}, not a model config")
+    return config
 
 
 def detect_family(config: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# what loading a damaged or mismatched checkpoint raises: missing files, a truncated or empty safetensors file,
+# tensors of another shape
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 def load_tokenizer(spec: ModelSpec, resolved: ResolvedModel) -> PreTrainedTokenizerBase:
@@ -121,7 +127,7 @@ def load_backbone(
             model = model_class.from_pretrained(
                 location, config=config, revision=spec.revision, quantization_config=quantization, **settings
             )
-    except (OSError, ValueError, ImportError) as exc:  # ImportError: a quantised base without bitsandbytes
+    except (*LOAD_ERRORS, ImportError) as exc:  # ImportError: a quantised base without bitsandbytes
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None
     if spec.pretrained_layers is not None:
         reinitialize_blocks(model, keep=spec.pretrained_layers)
@@ -218,7 +224,7 @@ def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, Pre
     try:
         tokenizer = with_vocabulary(AutoTokenizer.from_pretrained(folder), str(folder))
         return model_class.from_pretrained(folder), tokenizer
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {first_line(exc)}") from None
 
 
@@ -237,6 +243,6 @@ def load_adapter(
         backbone = backbone.dequantize()
     try:
         model = PeftModel.from_pretrained(backbone, str(folder))
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:  # an adapter for another base: size mismatches, as RuntimeError
         raise FinetuneError(f"{folder}: cannot load the adapter: {first_line(exc)}") from None
     return ExtractTokenModel.from_pretrained(folder, lm=model) if task.gpt1_ids is not None else model

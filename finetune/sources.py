@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,7 @@ def _read_table(path: Path, fmt: str, tables: LocalTables) -> Iterator[dict[str,
 
 
 def _read_delimited(path: Path, delimiter: str, reader: ReaderSpec) -> Iterator[dict[str, Any]]:
+    csv.field_size_limit(sys.maxsize)  # a long document is a valid field (the module's default limit is 128 KiB)
     quoting = csv.QUOTE_NONE if reader.quoting == "none" else csv.QUOTE_MINIMAL
     with path.open(encoding=reader.encoding, newline="") as handle:
         lines = csv.reader(handle, delimiter=delimiter, quoting=quoting)
@@ -156,9 +158,14 @@ def _read_delimited(path: Path, delimiter: str, reader: ReaderSpec) -> Iterator[
             names = names or header
         if not names:
             return
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise FinetuneError(f"{path}: the header names column {', '.join(map(repr, twice))} more than once")
         for number, fields in enumerate(lines, start=2 if reader.header else 1):
             if not fields:
                 continue
+            if any("\x00" in field for field in fields):
+                raise FinetuneError(f"{path}: line {number} holds a NUL byte; is it a text file?")
             if len(fields) != len(names):
                 raise FinetuneError(
                     f"{path}: line {number} has {len(fields)} fields, the header {len(names)}"
@@ -184,7 +191,10 @@ def _read_json(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
         return
     if not isinstance(data, list):
         raise FinetuneError(f"{path}: expected a JSON list of records")
-    yield from data
+    for number, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise FinetuneError(f"{path}: item {number} of the list is not a JSON object (a record of columns)")
+        yield record
 
 
 def _json_record(line: str, path: Path, number: int) -> dict[str, Any]:

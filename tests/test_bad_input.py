@@ -178,3 +178,103 @@ def test_non_finite_regression_target(tmp_path, capsys):
     assert_clean_failure(
         run_cli("train", path), capsys, tmp_path, "task.label: 'nan' in row 1 of split 'train' is not a number"
     )
+
+
+def _recipe_with(tmp_path: Path, data_file: Path, model: str = "sentence-transformers/all-MiniLM-L6-v2") -> Path:
+    return recipe_file(
+        tmp_path,
+        f"""
+model: {model}
+task: {{type: classification, text_a: sentence, label: label}}
+data: {{files: {{train: {data_file}, validation: {data_file}}}}}
+output_dir: {tmp_path / "run"}
+""",
+    )
+
+
+def _damaged_model(tmp_path: Path, tiny_bert: Path, damage: str) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for item in tiny_bert.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        (folder / "config.json").write_text("[1, 2]")
+    return folder
+
+
+def _bad_case(tmp_path: Path, tiny_bert: Path, case: str) -> tuple[list, str]:
+    """(train's arguments, the line expected) for one bad input, its files written into tmp_path."""
+    rows = tmp_path / "rows.tsv"
+    rows.write_text("sentence\tlabel\nfine\t1\nawful\t0\n", encoding="utf-8")
+    recipe = _recipe_with(tmp_path, rows)
+    if case == "duplicate key":
+        return [recipe_file(tmp_path, f"model: a/b\nmodel: c/d\n{recipe.read_text()}", "dup.yaml")], (
+            "line 2, column 1: malformed YAML: key 'model' appears twice in one mapping"
+        )
+    if case == "5,000-deep list":
+        return [recipe_file(tmp_path, "a: " + "[" * 5000 + "]" * 5000, "deep.yaml")], "nested too deeply"
+    if case in ("symlink loop", "symlink loop in extends"):
+        loop = tmp_path / "loop.yaml"
+        loop.symlink_to(loop)
+        if case == "symlink loop":
+            return [loop], "loop.yaml: a symbolic link that points back to itself"
+        return [recipe_file(tmp_path, "extends: loop.yaml\n", "child.yaml")], "a symbolic link that points back"
+    if case == "recipe is a folder":
+        return [tmp_path], f"{tmp_path}: a folder, not a recipe file"
+    if case == "name escaping runs/":
+        return [recipe, "name=../../x"], "name: '../../x' is not a folder name"
+    if case == "unknown user's home":
+        return [recipe, "output_dir=~nosuchuser/x"], "there is no home folder ~nosuchuser on this machine"
+    if case == "json list of numbers":
+        (tmp_path / "nums.json").write_text("[1, 2, 3]")
+        return [_recipe_with(tmp_path, tmp_path / "nums.json")], "item 0 of the list is not a JSON object"
+    if case == "duplicated header column":
+        rows.write_text("sentence\tsentence\tlabel\na\tb\t1\n", encoding="utf-8")
+        return [recipe], "the header names column 'sentence' more than once"
+    if case == "NUL byte":
+        rows.write_text("sentence\tlabel\na\x00b\t1\nc\t0\n", encoding="utf-8")
+        return [recipe], "line 2 holds a NUL byte"
+    model = _damaged_model(tmp_path, tiny_bert, case)
+    recipe = _recipe_with(tmp_path, rows, str(model))
+    if case == "config list":
+        return [recipe], "config.json holds a JSON list, not a model config"
+    return [recipe], f"model.name: cannot load {model}: Error while deserializing header"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "duplicate key",
+        "5,000-deep list",
+        "symlink loop",
+        "symlink loop in extends",
+        "recipe is a folder",
+        "name escaping runs/",
+        "unknown user's home",
+        "json list of numbers",
+        "duplicated header column",
+        "NUL byte",
+        "truncated",
+        "empty",
+        "config list",
+    ],
+)
+def test_bad_input_that_used_to_end_in_a_traceback_or_be_accepted(case, tmp_path, tiny_bert, capsys):
+    arguments, expected = _bad_case(tmp_path, tiny_bert, case)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert_clean_failure(run_cli("train", *arguments), capsys, tmp_path, expected)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_valid_input_that_used_to_be_refused(tmp_path, capsys):
+    """A 2 MB text field (over the csv module's default field limit) and a delimiter given as an override."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("sentence,label\n" + "word " * 400_000 + ",1\nshort,0\n", encoding="utf-8")
+    recipe = _recipe_with(tmp_path, rows)
+    assert run_cli("validate", recipe, "--set", "data.reader.delimiter=,").exit_code == 0
+    assert "ok" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,35 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for override in overrides:
         _apply_override(raw, override)
     raw.setdefault("name", path.stem)
+    _check_home_folders(raw)
     return validate_dict(raw)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader (no object tags), refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_home_folders(raw: Any, key: str = "") -> None:
+    """A `~user/...` path whose user this machine does not know is named in one line (not a folder named ~user)."""
+    if isinstance(raw, dict):
+        for name, value in raw.items():
+            _check_home_folders(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(raw, list):
+        for index, value in enumerate(raw):
+            _check_home_folders(value, f"{key}.{index}")
+    elif isinstance(raw, str) and raw.startswith("~") and os.path.expanduser(raw) == raw:
+        raise FinetuneError(f"{key}: {raw}: there is no home folder {raw.split('/')[0]} on this machine")
 
 
 def validate_dict(raw: dict[str, Any]) -> Recipe:
@@ -39,12 +68,16 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise FinetuneError(f"{path}: a folder, not a recipe file")
     if not path.is_file():
         raise FinetuneError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
         raise FinetuneError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise FinetuneError(f"{path}: nested too deeply to be a recipe") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -58,7 +91,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop
+        raise FinetuneError(f"{path}: a symbolic link that points back to itself") from None
     if resolved in seen:
         raise FinetuneError(f"{path}: extends: circular inheritance")
     data = _read_yaml(path)
@@ -88,8 +124,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         raise FinetuneError(f"{override}: an override is key.path=value")
     try:
         value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        raise FinetuneError(f"{key}: cannot read {text!r} as a YAML value") from None
+    except yaml.YAMLError:  # not YAML (a delimiter `,`, a template with `: `): the text itself
+        value = text
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:

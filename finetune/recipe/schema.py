@@ -377,7 +377,8 @@ class Recipe(Section):
     """A complete fine-tuning job."""
 
     name: str = Field(
-        "run", description="Run name; a recipe file's name when read from one. Runs go to runs/<name>/<timestamp>."
+        "run",
+        description="Run name; a recipe file's name when read from one. Runs go to runs/<name>/<timestamp>.",
     )
     description: str = Field("", description="What this recipe is for, in a sentence.")
     model: ModelSpec = Field(description="The pretrained checkpoint; a string is shorthand for model.name.")
@@ -400,6 +401,12 @@ class Recipe(Section):
         if isinstance(values, dict) and isinstance(values.get("model"), str):
             return {**values, "model": {"name": values["model"]}}
         return values
+
+    @model_validator(mode="after")
+    def _name_is_one_folder(self) -> Recipe:
+        if self.name in (".", "..", "") or "/" in self.name or "\\" in self.name:
+            raise ValueError(f"name: {self.name!r} is not a folder name; runs go to runs/<name>/<timestamp>")
+        return self
 
     @model_validator(mode="after")
     def _quantized_base_trains_adapters(self) -> Recipe:
