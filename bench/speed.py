@@ -165,7 +165,8 @@ def decoder(root: Path, mirror: Path, size: int | None) -> tuple[Rows, list[str]
     return rows, [
         "Metric: eval loss on the completions (lower is better); TRL averages it per eval batch. TRL keeps its"
         " default gradient checkpointing (on; finetune's default is off, -gc turns it on). finetune's default"
-        " (data.packing: auto) packs each batch's 8 examples into one row on this architecture; -padded pads them."
+        " (data.packing: auto) packs each batch's 8 examples into rows (as wide as the longest example or as"
+        " max_length, whichever computes fewer tokens) on this architecture; -padded pads them."
         " TRL's packing packs batch-size rows of up to 512 tokens each (several examples per row, so fewer steps).",
         f"SmolLM2 here is {found.about}.",
     ]

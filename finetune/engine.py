@@ -151,8 +151,10 @@ class Engine:
         )
         window = Window()
         with stop_signals() as received:
-            self._loop(window, bar, received)
-        bar.close()
+            try:
+                self._loop(window, bar, received)
+            finally:  # an error's line starts on a line of its own
+                bar.close()
         self._count_tokens()
         if state.last_eval_step != state.global_step:
             self._evaluate()
@@ -210,12 +212,38 @@ class Engine:
                 share = loss.share(totals)
                 acc.backward(share * acc.num_processes)
             local += share.detach().float()
+        norm = local
         if self.spec.max_grad_norm > 0:
-            acc.clip_grad_norm_(self.model.parameters(), self.spec.max_grad_norm)
-        self.optimizer.step()
+            norm = acc.clip_grad_norm_(self.model.parameters(), self.spec.max_grad_norm)
+        # a GradScaler (fp16) skips its own overflowing steps: only the loss is ours to judge there
+        if self._finite(local if acc.scaler is not None else local + norm):
+            self.optimizer.step()
         self.optimizer.zero_grad()
         self.scheduler.step()
         return local
+
+    def _finite(self, value: torch.Tensor) -> bool:
+        """Is this step's loss (and gradient norm) finite on every process? A step that is not never updates the
+        weights: train.nonfinite_steps stops the run, naming the step and the last checkpoint, or skips it."""
+        bad = (~torch.isfinite(value.detach().float())).float()
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="max")
+        if not bad.item():
+            return True
+        step = self.state.global_step + 1
+        if self.spec.nonfinite_steps == "skip":
+            self.state.skipped_steps += 1
+            log.warning(
+                "step %d: the loss or gradient is not finite; skipped (%d so far)", step, self.state.skipped_steps
+            )
+            return False
+        last = checkpoint_dirs(self.run_dir)
+        where = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was written before it"
+        raise FinetuneError(
+            f"train: the loss or gradient norm is not finite at step {step}, so the run stopped before updating "
+            f"the weights with it; {where}. Lower train.lr, keep train.max_grad_norm on, use bf16 rather than "
+            "fp16, or set train.nonfinite_steps: skip"
+        )
 
     def _step_items(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Items per loss term in the whole step: this process's micro-batches, summed over the processes (in the

@@ -120,12 +120,21 @@ def load_backbone(
         )
         model_class = AutoModelForCausalLM if task.gpt1_ids is not None else task.model_class
         # the weights' type is the recipe's (transformers would keep a checkpoint's own, often bf16)
-        settings = {"dtype": DTYPES[spec.dtype], "trust_remote_code": spec.trust_remote_code, **attention(spec)}
+        settings = {
+            "dtype": DTYPES[spec.dtype],
+            "trust_remote_code": spec.trust_remote_code,
+            **attention(spec),
+        }
         if spec.init == "random":
             model = model_class.from_config(config, **settings)
         else:
             model = model_class.from_pretrained(
-                location, config=config, revision=spec.revision, quantization_config=quantization, **settings
+                location,
+                config=config,
+                revision=spec.revision,
+                quantization_config=quantization,
+                use_safetensors=None if spec.allow_pickle else True,
+                **settings,
             )
     except (*LOAD_ERRORS, ImportError) as exc:  # ImportError: a quantised base without bitsandbytes
         raise FinetuneError(f"model.name: cannot load {spec.name}: {first_line(exc)}") from None

@@ -127,6 +127,7 @@ def _train_in(
         "data_seconds": round(ready.data_seconds, 2),
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
+        "train_skipped_steps": state.skipped_steps,
         "best_step": state.best_step,
         **token_metrics(data_report["lengths"]),
         **parameter_report(model),

@@ -31,6 +31,7 @@ class TrainState:
     last_eval_step: int | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     evals_without_improvement: int = 0
+    skipped_steps: int = 0  # steps whose loss or gradient was not finite, under train.nonfinite_steps: skip
     stopped_early: bool = False
 
 

@@ -74,6 +74,18 @@ def _check_model(recipe: Recipe, report: Report) -> None:
     resolved = report.model = resolve_model(spec.name)
     if resolved.origin == "path" and not Path(resolved.location).is_dir():
         raise FinetuneError(f"model.name: no such folder: {spec.name}")
+    if spec.trust_remote_code:
+        report.notes.append(
+            f"model.trust_remote_code: the modelling code in {spec.name}'s repository runs on this machine; "
+            "set it only for an author you trust"
+        )
+    if resolved.is_local and spec.init == "pretrained" and not spec.allow_pickle:
+        folder = Path(resolved.location)
+        if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+            report.problems.append(
+                f"model.name: {spec.name} holds its weights only as pickle (*.bin), which can run code when "
+                "loaded; convert them to safetensors, or set model.allow_pickle: true if you trust their source"
+            )
     if resolved.origin == "gguf":
         report.notes.append(f"model.name: {spec.name} is {resolved.about}; it becomes a plain checkpoint on first load")
         report.family = PACKAGED_MODELS[spec.name].family if spec.family == "auto" else spec.family

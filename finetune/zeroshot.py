@@ -57,7 +57,8 @@ def zero_shot(
     rows = list(data.cap_splits(raw, recipe.data, recipe.train.seed)["eval"])
     questions = [options_of(row, recipe, number) for number, row in enumerate(rows)]
     tokenizer = load_tokenizer(recipe.model, report.model)
-    model = AutoModelForCausalLM.from_pretrained(local_checkpoint(report.model)).eval()
+    safe = None if recipe.model.allow_pickle else True
+    model = AutoModelForCausalLM.from_pretrained(local_checkpoint(report.model), use_safetensors=safe).eval()
     pairs = [(prompt, continuation) for prompt, continuations, _ in questions for continuation in continuations]
     sums, counts = continuation_logprobs(model, tokenizer, pairs, batch_size)
     normalised, unnormalised, answers, start = [], [], [], 0
@@ -85,7 +86,8 @@ def _zero_shot_as_trained(
     ready = prepare(recipe, report, splits={"eval": split})  # as training prepares it
     recipe, task, tokenizer, tokenized = ready.recipe, ready.task, ready.tokenizer, ready.splits["eval"]
     accelerator = make_accelerator(recipe.train)
-    model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model)))
+    safe = None if recipe.model.allow_pickle else True
+    model = accelerator.prepare(task.model_class.from_pretrained(local_checkpoint(report.model), use_safetensors=safe))
     run = LoadedRun(recipe, task, tokenizer, model, accelerator)  # the base model, loaded as a run would be
     score = evaluator(task, accelerator, tokenizer, recipe.generation, tokenized, lambda _: predictions_path)
     metrics = score(run.model, run.loader(tokenized))

@@ -131,6 +131,13 @@ def test_best_weights_come_from_the_checkpoint_a_resume_starts_from(tmp_path, ti
         patch.setattr(Engine, "_after_step", dying_after(Engine._after_step, 5))
         assert run_cli("train", recipe, f"output_dir={run}").exit_code == 130
     assert [p.name for p in checkpoint_dirs(run)] == ["step-4"]
+    kept = weights(run / "checkpoints" / "step-4" / "best")  # the best as of step 4, linked into the checkpoint
+    (run / "best" / "model.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
+    with monkeypatch.context() as patch:  # resume, and stop before the first step
+        patch.setattr(Engine, "train", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert run_cli("train", recipe, f"output_dir={run}", "--resume").exit_code == 130
+    restored = weights(run / "best")
+    assert [k for k in kept if not torch.equal(kept[k], restored[k])] == []
     resumed = run_cli("train", recipe, f"output_dir={run}", "--resume")
     assert resumed.metrics["best_step"] == full.metrics["best_step"]
     a, b = weights(tmp_path / "a"), weights(run)
@@ -275,3 +282,54 @@ def test_predict_never_writes_over_its_input_or_into_nowhere(tmp_path, tiny_bert
     assert error_lines(capsys) == [f"error: --output: the folder {tmp_path / 'no'} does not exist"]
     assert run_cli("predict", run, "--input", sst2_rows, "--output", tmp_path).exit_code == 2
     assert error_lines(capsys) == [f"error: --output: {tmp_path} is a folder; name a file"]
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_non_finite_step_never_updates_the_weights(mode, tmp_path, tiny_bert, sst2_rows, capsys, monkeypatch):
+    """Step 3's loss is NaN: the run stops naming the step and the last checkpoint (step 2's), or, with
+    train.nonfinite_steps: skip, skips it, counts it, and ends with finite weights."""
+    from finetune.losses import Loss
+
+    share, calls = Loss.share, []
+
+    def nan_in_step_3(self, totals):
+        calls.append(1)
+        return share(self, totals) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(Loss, "share", nan_in_step_3)
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, save_every=2, nonfinite_steps=mode)
+    result = run_cli("train", recipe, f"output_dir={tmp_path / 'run'}")
+    if mode == "stop":
+        assert result.exit_code == 2
+        [line] = error_lines(capsys)
+        assert line.startswith("error: train: the loss or gradient norm is not finite at step 3, so the run stopped")
+        assert f"the last checkpoint is {tmp_path / 'run' / 'checkpoints' / 'step-2'}" in line
+        saved = load_file(tmp_path / "run" / "checkpoints" / "step-2" / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in saved.values())
+    else:
+        assert result.exit_code == 0 and result.metrics["train_skipped_steps"] == 1
+        assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run").values())
+
+
+def test_pickle_only_weights_load_only_when_allowed(tmp_path, tiny_bert, sst2_rows, capsys):
+    """Pickled weights can run code when loaded: a checkpoint that has only them is refused in one line unless the
+    recipe opts in (model.allow_pickle), and then it trains."""
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for item in tiny_bert.iterdir():
+        if item.name != "model.safetensors":
+            (folder / item.name).write_bytes(item.read_bytes())
+    torch.save(load_file(tiny_bert / "model.safetensors"), folder / "pytorch_model.bin")
+    recipe = tiny_recipe(tmp_path, folder, sst2_rows, epochs=1)
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'run'}").exit_code == 2
+    [line] = error_lines(capsys)
+    assert line.startswith(f"error: model.name: {folder} holds its weights only as pickle (*.bin)")
+    assert not (tmp_path / "run").exists()
+    allowed = run_cli("train", recipe, "model.allow_pickle=true", f"output_dir={tmp_path / 'run'}")
+    assert allowed.exit_code == 0
+
+
+def test_remote_code_is_named_when_trusted(tmp_path, tiny_bert, sst2_rows, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows)
+    assert run_cli("validate", recipe, "--set", "model.trust_remote_code=true").exit_code == 0
+    assert f"the modelling code in {tiny_bert}'s repository runs on this machine" in capsys.readouterr().out

@@ -52,6 +52,11 @@ class ModelSpec(Section):
     trust_remote_code: bool = Field(
         False, description="Run modelling code shipped with the checkpoint; off unless you trust its author."
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Load weights stored only as pickle (pytorch_model.bin), which can run code when loaded; off: "
+        "safetensors only.",
+    )
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="random: the same architecture with fresh weights (the no-pretraining ablation)."
     )
@@ -248,6 +253,11 @@ class TrainSpec(Section):
         0.06, description="Linear warmup: below 1 a share of the total steps, from 1 up a number of steps."
     )
     max_grad_norm: NonNegativeFloat = Field(1.0, description="Clip the gradient norm to this; 0 turns clipping off.")
+    nonfinite_steps: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss or gradient norm is NaN or infinite: stop the run (naming the step and the "
+        "last checkpoint; the weights are never updated with it), or skip it (no update, counted in the log).",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Mixed precision; bf16 needs a CPU or GPU with bf16, fp16 a GPU. auto: bf16 where the hardware "
