@@ -189,11 +189,13 @@ data: {{files: {{train: {sst2_rows}, validation: {sst2_rows}}}, reader: {{quotin
 )
 def test_head_mistakes_are_one_line_errors(model, task, message, tmp_path, sst2_rows, request, capsys):
     folder = request.getfixturevalue(f"tiny_{model}")
+    base = {"type": "classification", "text_a": "sentence", "label": "label", "labels": ["negative", "positive"]}
+    settings = json.dumps({**base, **yaml.safe_load(f"{{{task}}}")})  # the case's keys replace the base's
     recipe = recipe_file(
         tmp_path,
         f"""
 model: {folder}
-task: {{type: classification, text_a: sentence, label: label, labels: [negative, positive], {task}}}
+task: {settings}
 data: {{files: {{train: {sst2_rows}, validation: {sst2_rows}}}, reader: {{quoting: none}}}}
 """,
     )
