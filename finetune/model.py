@@ -232,7 +232,7 @@ def load_finetuned(folder: str, model_class: type) -> tuple[PreTrainedModel, Pre
         model_class = ExtractTokenModel
     try:
         tokenizer = with_vocabulary(AutoTokenizer.from_pretrained(folder), str(folder))
-        return model_class.from_pretrained(folder), tokenizer
+        return model_class.from_pretrained(folder, use_safetensors=True), tokenizer  # runs save safetensors
     except LOAD_ERRORS as exc:
         raise FinetuneError(f"{folder}: cannot load the fine-tuned model: {first_line(exc)}") from None
 

@@ -199,3 +199,31 @@ train: {{max_steps: 2, batch_size: 8}}
     assert result.exit_code == 0
     log = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(entry["loss"]) for entry in log if "loss" in entry)
+
+
+def test_a_teacher_with_only_pickled_weights_is_refused(tmp_path, teacher, tiny_bert, capsys):
+    """The teacher loads from safetensors only, as the student does: a pickle can run code when loaded."""
+    from safetensors.torch import load_file
+
+    run, rows = teacher
+    pickled = tmp_path / "pickled-teacher"
+    pickled.mkdir()
+    for item in run.iterdir():
+        if item.is_file() and item.name not in ("model.safetensors", "recipe.yaml"):
+            (pickled / item.name).write_bytes(item.read_bytes())
+    torch.save(load_file(run / "model.safetensors"), pickled / "pytorch_model.bin")
+    recipe = recipe_file(
+        tmp_path,
+        f"""
+model: {tiny_bert}
+task:
+  type: distillation
+  teacher: {pickled}
+  student: {{type: classification, text_a: sentence, label: label, labels: ['0', '1']}}
+data: {{files: {{train: {rows}, validation: {rows}}}, reader: {{quoting: none}}}}
+train: {{max_steps: 2, batch_size: 8}}
+""",
+        "distil.yaml",  # not recipe.yaml: the teacher's folder must not look like a run's
+    )
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'run'}").exit_code == 2
+    assert f"error: task.teacher: cannot load {pickled}:" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from finetune.errors import FinetuneError, first_line
 from finetune.gguf_models import local_checkpoint
 from finetune.losses import Loss
 from finetune.mirrors import resolve_model
-from finetune.model import transformer_blocks
+from finetune.model import LOAD_ERRORS, transformer_blocks
 from finetune.rundir import find_recipe
 from finetune.specs.distillation import DistillationSpec
 from finetune.tasks import build_task
@@ -95,9 +95,9 @@ class Distillation:
         else:
             try:
                 location = local_checkpoint(resolve_model(name))
-                model = self.student.model_class.from_pretrained(location)
+                model = self.student.model_class.from_pretrained(location, use_safetensors=True)  # never a pickle
                 theirs = AutoTokenizer.from_pretrained(location)
-            except (OSError, ValueError) as exc:
+            except LOAD_ERRORS as exc:
                 raise FinetuneError(f"task.teacher: cannot load {name}: {first_line(exc)}") from None
             task = self.student
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if self.labels else None
