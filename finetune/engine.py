@@ -191,8 +191,8 @@ class Engine:
         flag = torch.tensor(float(received[0] if received else 0), device=acc.device)
         if acc.num_processes > 1:  # all of them stop at the same step, or the collectives would hang
             flag = acc.reduce(flag, reduction="max")
-        if flag.item():
-            number = int(flag.item())
+        number = int(flag.item())
+        if number:
             self._save_checkpoint()
             raise Interrupted(signal.Signals(number).name, number, self.state.global_step, str(self.run_dir))
 
