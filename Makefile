@@ -16,7 +16,7 @@ endif
 # Hub model ids resolve to local copies in this mirror first: `make setup` links the packaged MiniLM there.
 export FINETUNE_MODEL_MIRROR ?= $(abspath $(MODEL_MIRROR))
 
-.PHONY: setup finetune test bench docs
+.PHONY: setup finetune test bench bench-reliability docs
 setup:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
@@ -37,6 +37,10 @@ bench:
 	$(PYTHON) bench/validate_speed.py
 	$(PYTHON) bench/glue.py
 	$(PYTHON) bench/speed.py
+
+# Every kill point of tests/kills.py on every workload (the suite runs the fast ones); a few minutes on 2 cores.
+bench-reliability:
+	$(PYTHON) bench/reliability.py
 
 docs:
 	$(VENV)/bin/finetune recipe --schema > docs/recipe.md

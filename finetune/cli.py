@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted
+from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted, SaveFailed
 
 EXAMPLES = {
     "train": """examples:
@@ -143,6 +143,11 @@ def run(argv: list[str]) -> CliResult:
         print(f"stopped: {exc.problems[0]}", file=sys.stderr)
         print(f"continue with: {_resume_command(args, exc.run_dir)}", file=sys.stderr)
         return CliResult(exc.exit_code)
+    except SaveFailed as exc:
+        print(f"error: {exc.problems[0]}", file=sys.stderr)
+        if exc.run_dir is not None:
+            print(f"continue with: {_resume_command(args, exc.run_dir)}", file=sys.stderr)
+        return CliResult(EXIT_USER_ERROR)
     except FinetuneError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

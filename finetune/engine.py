@@ -7,14 +7,11 @@ evaluation cadence, early stopping, best-checkpoint selection and resumable chec
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import signal
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +19,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import Dataset
-from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -30,28 +26,19 @@ from transformers import (
 )
 
 from finetune.batching import EpochSampler, chunks, example_length
+from finetune.checkpoints import BEST_DIR, Checkpoints
 from finetune.columns import EXAMPLES
-from finetune.errors import FinetuneError, Interrupted, first_line
+from finetune.errors import FinetuneError, Interrupted
 from finetune.losses import Loss
 from finetune.metrics import GREATER_IS_BETTER
 from finetune.optimization import make_optimizer, make_scheduler, warmup_steps
 from finetune.progress import TrainState, Window, throughput
 from finetune.recipe.schema import TrainSpec
-from finetune.rundir import (
-    CHECKPOINTS,
-    LOG_FILE,
-    STATE_FILE,
-    JsonlLog,
-    checkpoint_dirs,
-    link_tree,
-    replace_dir,
-    write_json,
-)
+from finetune.rundir import LOG_FILE, JsonlLog, checkpoint_dirs
 from finetune.stopping import stop_signals
 
 log = logging.getLogger(__name__)
 
-BEST_DIR = "best"
 Evaluate = Callable[[torch.nn.Module, DataLoader, int], dict[str, float]]  # (model, loader, step) -> metrics
 
 
@@ -91,6 +78,7 @@ class Engine:
     ) -> None:
         set_seed(self.spec.seed)
         self.tokenizer, self.steps, self.evaluate = tokenizer, steps, evaluate
+        self.checkpoints = Checkpoints(self.accelerator, self.run_dir, tokenizer, self.spec.keep_checkpoints)
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pending_tokens = torch.zeros(2, dtype=torch.long, device=self.accelerator.device)
@@ -330,7 +318,7 @@ class Engine:
             state.best_metric, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.evals_without_improvement = 0
             if self.spec.select_best:
-                self._save_model(self.run_dir / BEST_DIR)
+                self.checkpoints.save_model(self.model, self.run_dir / BEST_DIR, state.global_step)
         else:
             state.evals_without_improvement += 1
             if self.spec.early_stopping and state.evals_without_improvement >= self.spec.early_stopping.patience:
@@ -340,78 +328,14 @@ class Engine:
                 state.stopped_early = True
 
     # -- saving --------------------------------------------------------------------------------
-    def _save_model(self, target: Path) -> None:
-        """save_pretrained (model and tokenizer) into `target`, through a temporary folder."""
-        acc = self.accelerator
-        tmp = target.with_name(f".tmp-{target.name}")
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        model = acc.unwrap_model(self.model)
-        model.save_pretrained(
-            tmp,
-            is_main_process=acc.is_main_process,
-            save_function=acc.save,
-            state_dict=acc.get_state_dict(self.model),
-            **save_options(model),
-        )
-        if acc.is_main_process:
-            self.tokenizer.save_pretrained(tmp)
-            replace_dir(tmp, target)
-        acc.wait_for_everyone()
-
     def _save_checkpoint(self) -> None:
-        """Model, optimizer, scheduler, RNG states and the train state, written atomically."""
-        acc, step = self.accelerator, self.state.global_step
         self._count_tokens()
-        root = self.run_dir / CHECKPOINTS
-        final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        if has_adapter(self.model):  # the adapter too, so that `finetune eval` reads a checkpoint as it reads a run
-            acc.unwrap_model(self.model).save_pretrained(
-                tmp,
-                is_main_process=acc.is_main_process,
-                state_dict=acc.get_state_dict(self.model),
-                **save_options(acc.unwrap_model(self.model)),
-            )
-        acc.wait_for_everyone()  # every process has written its RNG state before the folder is renamed
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            model.config.save_pretrained(tmp)
-            if hasattr(model, "write_settings"):  # a head of ours that config.json alone cannot rebuild
-                model.write_settings(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            write_json(tmp / STATE_FILE, {**asdict(self.state), "log_records": len(self.log.read())})
-            if (self.run_dir / BEST_DIR).is_dir():  # the best weights so far belong to the checkpoint's state
-                link_tree(self.run_dir / BEST_DIR, tmp / BEST_DIR)
-            replace_dir(tmp, final)
-            for old in checkpoint_dirs(self.run_dir)[: -self.spec.keep_checkpoints]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
+        self.checkpoints.save(self.model, self.state, len(self.log.read()))
 
     def _load_checkpoint(self, folder: Path) -> None:
-        try:
-            # a 4-bit base stores its quantisation constants beside the weights, which its layers do not read back
-            self.accelerator.load_state(str(folder), strict=not has_adapter(self.model))
-            saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        except Exception as exc:  # torch, safetensors and json each raise their own kinds on a damaged file
-            raise FinetuneError(
-                f"--resume: the checkpoint {folder} does not load ({first_line(exc)}); delete it to resume from the "
-                "one before"
-            ) from None
+        saved = self.checkpoints.load(self.model, folder)
         self.log.keep_first(saved.pop("log_records"))  # what was logged after the checkpoint is logged again
         self.state = TrainState(**saved)
-        best = self.run_dir / BEST_DIR  # the checkpoint's, not one an evaluation after it saved
-        if self.accelerator.is_main_process:
-            if (folder / BEST_DIR).is_dir():
-                link_tree(folder / BEST_DIR, best.with_name(f".tmp-{BEST_DIR}"))
-                replace_dir(best.with_name(f".tmp-{BEST_DIR}"), best)
-            elif best.is_dir():
-                shutil.rmtree(best)
-        self.accelerator.wait_for_everyone()
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             folder,
@@ -422,26 +346,6 @@ class Engine:
 
     def save_final(self) -> dict[str, float]:
         """Put the final weights in the run folder (the best evaluation's, if selected); return their metrics."""
-        best = self.run_dir / BEST_DIR
-        if self.spec.select_best and best.is_dir():
-            if self.accelerator.is_main_process:
-                for item in best.iterdir():
-                    shutil.copy2(item, self.run_dir / item.name)
-            self.accelerator.wait_for_everyone()
-            return self.state.best_metrics
-        self._save_model(self.run_dir / ".final")
-        if self.accelerator.is_main_process:
-            for item in (self.run_dir / ".final").iterdir():
-                item.replace(self.run_dir / item.name)
-            (self.run_dir / ".final").rmdir()
-        return self.state.last_metrics
-
-
-def has_adapter(model: torch.nn.Module) -> bool:
-    """Does the model train peft adapters (possibly inside a head of ours)?"""
-    return any(isinstance(module, PeftModel) for module in model.modules())
-
-
-def save_options(model: torch.nn.Module) -> dict[str, bool]:
-    """peft saves whole embedding matrices when the vocabulary grew; the added tokens' rows are in the adapter."""
-    return {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
+        from_best = self.spec.select_best and (self.run_dir / BEST_DIR).is_dir()
+        self.checkpoints.save_final(self.model, self.state.global_step, from_best)
+        return self.state.best_metrics if from_best else self.state.last_metrics

@@ -25,3 +25,12 @@ class Interrupted(FinetuneError):
     def __init__(self, signal_name: str, signal_number: int, step: int, run_dir: str) -> None:
         super().__init__(f"{signal_name} at step {step}: checkpoint saved in {run_dir}; nothing is lost")
         self.exit_code, self.run_dir = 128 + signal_number, run_dir
+
+
+class SaveFailed(FinetuneError):
+    """Writing a checkpoint or the weights failed (a full disk, a lost mount); the checkpoint before it is whole.
+    `run_dir` is set when that checkpoint exists, so that the run can continue from it."""
+
+    def __init__(self, problem: str, run_dir: str | None) -> None:
+        super().__init__(problem)
+        self.run_dir = run_dir

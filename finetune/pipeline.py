@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -14,6 +15,7 @@ from accelerate.utils import set_seed
 from finetune import data
 from finetune.accelerator import make_accelerator, settle_precision
 from finetune.adapters import check_quantization_device
+from finetune.checkpoints import write_failed
 from finetune.engine import Engine, throughput
 from finetune.errors import FinetuneError
 from finetune.evaluation import evaluator, predict_outputs
@@ -77,7 +79,12 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> RunR
     with locked(run_dir, accelerator):
         if resume:
             check_resumable(run_dir, recipe)
-        metrics = _train_in(run_dir, ready, model, accelerator, report, resume)
+        try:
+            metrics = _train_in(run_dir, ready, model, accelerator, report, resume)
+        except OSError as exc:  # a log line or a report on a full disk; the checkpoints say themselves
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise write_failed(run_dir, "into the run folder", None, exc) from None
     accelerator.end_training()
     return RunResult(run_dir, metrics)
 

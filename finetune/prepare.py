@@ -116,4 +116,9 @@ def tokenize_splits(
     tokenized = data.tokenize(
         data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe.data.max_length
     )
+    for key, ds in tokenized.items():
+        if len(ds) == 0:  # a causal LM's blocks of one token predict nothing, and are dropped
+            raise FinetuneError(
+                f"data.max_length: {recipe.data.max_length} leaves no example in the {key} split once tokenized"
+            )
     return take_length_report(tokenized, task, recipe.data.max_length)

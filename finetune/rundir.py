@@ -57,6 +57,10 @@ def _prepare_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
     if occupied and not (resume or overwrite):
         raise FinetuneError(f"output_dir: {path} is not empty; pass --overwrite to replace it or --resume to continue")
     if occupied and overwrite and not resume:
+        if path.is_symlink():
+            raise FinetuneError(
+                f"output_dir: {path} is a symbolic link; --overwrite deletes only a run folder named by its own path"
+            )
         if not is_run_dir(path):
             raise FinetuneError(
                 f"output_dir: {path} is not a run folder (no {MARKER} in it), so --overwrite will not delete it; "
@@ -245,15 +249,19 @@ class JsonlLog:
                 handle.write(json.dumps(finite(record), allow_nan=False) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The complete records: a process killed while appending leaves its last line without its newline."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+        lines = self.path.read_text(encoding="utf-8").split("\n")[:-1]  # what follows the last newline is torn
+        return [json.loads(line) for line in lines if line]
 
     def keep_first(self, count: int) -> None:
         """Keep the first `count` records (those written before a checkpoint; a resumed run rewrites the rest)."""
         if self.enabled and self.path.is_file():
             kept = self.read()[:count]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(self.path)
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -269,6 +277,20 @@ def link_tree(source: Path, target: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(source, target, copy_function=link)
+
+
+def remove_dir(folder: Path) -> None:
+    """Delete `folder` after hiding it, so that a deletion cut short never leaves a folder that looks complete."""
+    hidden = folder.with_name(f".old-{folder.name}")
+    folder.rename(hidden)
+    shutil.rmtree(hidden)
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """Remove the hidden folders and temporary files that writes cut short by a killed process left behind."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        for item in [*folder.glob(".tmp-*"), *folder.glob(".old-*"), *folder.glob(".final"), *folder.glob("*.tmp")]:
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
 
 
 def replace_dir(new: Path, target: Path) -> None:

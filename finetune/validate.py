@@ -229,12 +229,14 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if task.has_classes:
-        report.labels = list(
-            task.labels or infer_labels(field_or_none(r, task.label) for r in rows[recipe.data.train_split])
-        )
+        train_rows = rows[recipe.data.train_split]
+        _check_label_kinds(task.label, recipe.data.train_split, train_rows)
+        report.labels = list(task.labels or infer_labels(field_or_none(r, task.label) for r in train_rows))
         if len(report.labels) < 2:
+            unlabelled, _ = task.check_rows(recipe.data.train_split, "train", train_rows, report.labels)
             raise FinetuneError(
-                f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more"
+                *unlabelled[:1],
+                f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more",
             )
         problem = task.classes_problem(report.labels)
         if problem:
@@ -246,15 +248,41 @@ def _check_data(recipe: Recipe, report: Report) -> None:
 
 
 def null_texts(fields: dict[str, str], split: str, rows: list[dict]) -> list[str]:
-    """A problem for each input field that is null or missing in some row (it would read as the text "None")."""
+    """A problem for each input field that is null or missing in some row (it would read as the text "None"), or
+    holds a number, a list or a record where text belongs (a JSON file's column named by mistake; candidates
+    columns hold lists, and are read by the task)."""
     problems = []
     for key, path in fields.items():
-        empty = [number for number, row in enumerate(rows) if field_or_none(row, path) is None]
-        if empty:
-            more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
-            rows_named = ", ".join(map(str, empty[:3]))
-            problems.append(f"{key}: {path} is null or missing in row(s) {rows_named}{more} of split {split!r}")
+        values = [field_or_none(row, path) for row in rows]
+        kinds = not key.startswith("task.choices")
+        for what, found in (
+            ("is null or missing", [n for n, v in enumerate(values) if v is None]),
+            ("holds a number, list or record, not text,", [n for n, v in enumerate(values) if kinds and _not_text(v)]),
+        ):
+            if found:
+                more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+                rows_named = ", ".join(map(str, found[:3]))
+                problems.append(f"{key}: {path} {what} in row(s) {rows_named}{more} of split {split!r}")
     return problems
+
+
+def _not_text(value: object) -> bool:
+    return isinstance(value, int | float | list | dict) and not isinstance(value, bool)
+
+
+def _check_label_kinds(column: str, split: str, rows: list[dict]) -> None:
+    """Class labels written two ways (numbers in some rows, names in others) name no single class set."""
+    first: dict[bool, tuple[int, object]] = {}
+    for number, row in enumerate(rows):
+        value = field_or_none(row, column)
+        if value is not None and not isinstance(value, bool):
+            first.setdefault(isinstance(value, str), (number, value))
+    if len(first) == 2:
+        (n, number), (m, name) = first[False], first[True]
+        raise FinetuneError(
+            f"task.label: {column} holds numbers (row {n}: {number!r}) and names (row {m}: {name!r}) in split "
+            f"{split!r}; write every label one way"
+        )
 
 
 def _check_mixture(recipe: Recipe, report: Report) -> None:

@@ -333,3 +333,40 @@ def test_remote_code_is_named_when_trusted(tmp_path, tiny_bert, sst2_rows, capsy
     recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows)
     assert run_cli("validate", recipe, "--set", "model.trust_remote_code=true").exit_code == 0
     assert f"the modelling code in {tiny_bert}'s repository runs on this machine" in capsys.readouterr().out
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_continue(
+    tmp_path, tiny_bert, sst2_rows, capsys, monkeypatch
+):
+    """The disk fills while step 8's checkpoint is written (its weights half written): the run stops in one line
+    naming the write and the step-4 checkpoint, removes the half-written folder, and the command it prints continues
+    to the uninterrupted run's weights."""
+    import accelerate.utils.other as writer
+
+    settings = {"epochs": 2, "save_every": 4, "keep_checkpoints": 2}
+    recipe, full, run = tiny_recipe(tmp_path, tiny_bert, sst2_rows, **settings), tmp_path / "full", tmp_path / "run"
+    assert run_cli("train", recipe, f"output_dir={full}").exit_code == 0
+    save = writer.safe_save_file
+
+    def fills_the_disk(tensors, filename, *args, **kwargs):
+        if "step-8" in str(filename):
+            Path(filename).write_bytes(b"\0" * 1000)
+            raise OSError(28, "No space left on device")
+        return save(tensors, filename, *args, **kwargs)
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(writer, "safe_save_file", fills_the_disk)
+        assert run_cli("train", recipe, f"output_dir={run}").exit_code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(("error: ", "continue with: "))]
+    assert lines == [
+        f"error: writing the checkpoint {run}/checkpoints/step-8 at step 8 failed ([Errno 28] No space left on "
+        f"device); the checkpoint {run}/checkpoints/step-4 is whole",
+        f"continue with: finetune train {recipe} output_dir={run} --resume",
+    ]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-4"]  # the half-written folder is gone
+    assert run_cli(*shlex.split(lines[1].removeprefix("continue with: finetune "))).exit_code == 0
+    a, b = weights(full), weights(run)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

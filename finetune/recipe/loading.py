@@ -27,8 +27,31 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return validate_dict(raw)
 
 
+BRANCHES = {"int", "float", "str", "bool", "none"}  # pydantic's names for a union's plain members
+MAX_VALUES = 100_000  # far above any recipe; an alias bomb ("billion laughs") expands past it in a few lines
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` holds once its aliases are expanded, counted without expanding them."""
+    if id(node) not in sizes:
+        sizes[id(node)] = 1  # a recursive alias counts once
+        if isinstance(node, yaml.SequenceNode):
+            sizes[id(node)] += sum(_expanded_size(item, sizes) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            sizes[id(node)] += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    return sizes[id(node)]
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader (no object tags), refusing a key given twice in one mapping (YAML keeps the last)."""
+    """YAML's safe loader (no object tags), refusing a key given twice in one mapping (YAML keeps the last) and
+    aliases that expand into more than MAX_VALUES values."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, {}) > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to more than {MAX_VALUES:,} values", node.start_mark
+            )
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
@@ -59,7 +82,22 @@ def validate_dict(raw: dict[str, Any]) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise FinetuneError(*[_describe(err) for err in exc.errors()]) from None
+        raise FinetuneError(*dict.fromkeys(_describe(err) for err in _merge_unions(exc.errors()))) from None
+
+
+def _merge_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One error per value of a union type (`eval_every: int | "epoch"`), its members' messages joined by "or";
+    pydantic reports one per member, each under a branch name (`constrained-int`, `literal['epoch']`)."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or "-" in p or p in BRANCHES)))
+        if loc == tuple(err["loc"]) or loc not in merged:
+            merged[loc if loc != tuple(err["loc"]) else (id(err),)] = {**err, "loc": loc}
+            continue
+        first = merged[loc]
+        other = err["msg"].removeprefix("Input should be ").split(", unable to parse")[0]
+        first["msg"] = f"{first['msg'].split(', unable to parse')[0]} or {other}"
+    return list(merged.values())
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -122,8 +160,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise FinetuneError(f"{override}: an override is key.path=value")
+    if "" in key.split("."):
+        raise FinetuneError(f"{override}: an empty name in the key path {key!r}")
     try:
-        value = yaml.safe_load(text) if text else None
+        value = yaml.load(text, Loader=_StrictLoader) if text else None  # noqa: S506 (a safe loader)
     except yaml.YAMLError:  # not YAML (a delimiter `,`, a template with `: `): the text itself
         value = text
     *parents, leaf = key.split(".")

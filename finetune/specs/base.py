@@ -231,16 +231,25 @@ class PredictorSpec(TaskSpecBase):
         bad = []
         for number, row in enumerate(rows):
             value = field_or_none(row, self.label)
-            if self.read_label(value, row, labels) is None:
+            if _blank(value) or self.read_label(value, row, labels) is None:
                 bad.append((number, value))
         expected = self.label_expectation(labels)
-        problems = [f"task.label: {v!r} in row {n} of split {split!r} is {expected}" for n, v in bad[:REPORTED_ROWS]]
+        problems = [
+            f"task.label: row {n} of split {split!r} has no label ({self.label} is null, missing or empty)"
+            if _blank(v)
+            else f"task.label: {v!r} in row {n} of split {split!r} is {expected}"
+            for n, v in bad[:REPORTED_ROWS]
+        ]
         if len(bad) > REPORTED_ROWS:
             problems.append(f"task.label: {len(bad) - REPORTED_ROWS} more bad labels in split {split!r}")
         return problems, []
 
 
 REPORTED_ROWS = 3  # bad label values reported per split before the rest are counted
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_templates(*keyed: tuple[str, str | None]) -> None:

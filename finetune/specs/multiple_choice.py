@@ -72,8 +72,10 @@ class MultipleChoiceSpec(PredictorSpec):
         items = get_field(row, self.choices)
         if isinstance(items, dict):  # a record of lists, as the Hub stores them: {"text": [...], "label": [...]}
             items = [dict(zip(items, values)) for values in zip(*items.values())]
-        if not isinstance(items, list) or not items:
+        if not isinstance(items, list):
             raise FinetuneError(f"task.choices: {self.choices} holds {type(items).__name__}, not a list of candidates")
+        if not items:
+            raise FinetuneError(f"task.choices: {self.choices} is an empty list in a row; a question needs candidates")
         if not isinstance(items[0], dict):
             return [str(item) for item in items], None
         keys = ", ".join(items[0])
