@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for override in overrides:
         _apply_override(raw, override)
     raw.setdefault("name", path.stem)
-    _check_home_folders(raw)
+    _check_strings(raw)
     return validate_dict(raw)
 
 
-BRANCHES = {"int", "float", "str", "bool", "none"}  # pydantic's names for a union's plain members
+# pydantic's names for a union's members: literal['epoch'], constrained-int, function-after[...], int, str, ...
+BRANCH = re.compile(r"\w+(-\w+)*\[.*\]|constrained-\w+|int|float|str|bool|none")
 MAX_VALUES = 100_000  # far above any recipe; an alias bomb ("billion laughs") expands past it in a few lines
 
 
@@ -65,14 +67,17 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_home_folders(raw: Any, key: str = "") -> None:
-    """A `~user/...` path whose user this machine does not know is named in one line (not a folder named ~user)."""
+def _check_strings(raw: Any, key: str = "") -> None:
+    """A `~user/...` path whose user this machine does not know is named in one line (not a folder named ~user);
+    so is a NUL character, which no path and no text in a recipe holds."""
     if isinstance(raw, dict):
         for name, value in raw.items():
-            _check_home_folders(value, f"{key}.{name}" if key else str(name))
+            _check_strings(value, f"{key}.{name}" if key else str(name))
     elif isinstance(raw, list):
         for index, value in enumerate(raw):
-            _check_home_folders(value, f"{key}.{index}")
+            _check_strings(value, f"{key}.{index}")
+    elif isinstance(raw, str) and "\0" in raw:
+        raise FinetuneError(f"{key}: {raw!r} holds a NUL character")
     elif isinstance(raw, str) and raw.startswith("~") and os.path.expanduser(raw) == raw:
         raise FinetuneError(f"{key}: {raw}: there is no home folder {raw.split('/')[0]} on this machine")
 
@@ -90,7 +95,8 @@ def _merge_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pydantic reports one per member, each under a branch name (`constrained-int`, `literal['epoch']`)."""
     merged: dict[tuple, dict[str, Any]] = {}
     for err in errors:
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or "-" in p or p in BRANCHES)))
+        keys = err["type"] == "extra_forbidden"  # the user's keys, whatever their spelling
+        loc = tuple(p for p in err["loc"] if keys or not (isinstance(p, str) and BRANCH.fullmatch(p)))
         if loc == tuple(err["loc"]) or loc not in merged:
             merged[loc if loc != tuple(err["loc"]) else (id(err),)] = {**err, "loc": loc}
             continue
@@ -129,6 +135,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if "\0" in str(path):
+        raise FinetuneError(f"extends: {str(path)!r} holds a NUL character, which no file name can")
     try:
         resolved = path.resolve()
     except (RuntimeError, OSError):  # a symlink loop
@@ -187,7 +195,7 @@ def _describe(err: dict[str, Any]) -> str:
         else:
             loc.append(part)
     kind = tags[-1] if tags else None
-    path = ".".join(loc)
+    path = ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in loc)
     if err["type"] == "extra_forbidden":
         return f"{path}: unknown key" + _key_hint(loc, kind, tags)
     if err["type"] == "missing":
