@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 FINAL_DIR = ".final"
-# what torch (RuntimeError from its zip writer), safetensors and the file system raise when a write fails
+# what the file system, safetensors and torch's zip writer (a RuntimeError naming the write) raise when a write fails
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    return not isinstance(exc, RuntimeError) or "write" in str(exc).lower()
 
 
 class Checkpoints:
@@ -56,6 +60,8 @@ class Checkpoints:
         try:
             yield
         except WRITE_ERRORS as exc:
+            if not _is_write_failure(exc):
+                raise
             if self.accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)  # the space it took, back
             raise write_failed(self.run_dir, what, step, exc) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted, SaveFailed
+from finetune.stopping import die_with_launcher
 
 EXAMPLES = {
     "train": """examples:
@@ -165,6 +166,7 @@ def _resume_command(args: argparse.Namespace, run_dir: str) -> str:
 
 
 def main() -> None:
+    die_with_launcher()
     sys.exit(run(sys.argv[1:]).exit_code)
 
 

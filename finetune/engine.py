@@ -101,9 +101,10 @@ class Engine:
             self._load_checkpoint(resume_from)
         world = self.accelerator.num_processes
         log.info(
-            "batch %d x %d devices x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
+            "batch %d x %d devices (%s) x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
             self.spec.batch_size,
             world,
+            self.accelerator.distributed_type.value,
             self.spec.grad_accum,
             self.spec.batch_size * world * self.spec.grad_accum,
             self.total_steps,

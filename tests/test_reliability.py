@@ -370,3 +370,48 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_continue(
     assert run_cli(*shlex.split(lines[1].removeprefix("continue with: finetune "))).exit_code == 0
     a, b = weights(full), weights(run)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_workers_stop_at_a_checkpoint_when_their_launcher_is_killed(tmp_path, tiny_bert, sst2_rows):
+    """SIGKILL to `accelerate launch` (a scheduler killing the job's main process): both workers get SIGUSR1 from
+    the kernel (once per thread the launcher had: repeats must not stop them before they save), save one checkpoint
+    together and exit; none is left training."""
+    import subprocess
+    import sys
+    import time
+
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=10_000, batch_size=4, log_every=1, eval_every=10**6)
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = subprocess.Popen(
+        [*launch, "-m", "finetune", "train", str(recipe), f"output_dir={run}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    workers = _children(launcher.pid)
+    assert len(workers) == 2
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its launcher"
+        time.sleep(0.2)
+    assert len(checkpoint_dirs(run)) == 1  # saved by both workers at the step where the signal arrived
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (FileNotFoundError, IndexError):
+        return "zombie"
