@@ -12,11 +12,12 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted, SaveFailed
+from finetune.errors import EXIT_USER_ERROR, FinetuneError, Interrupted, SaveFailed, redact
 from finetune.stopping import die_with_launcher
 
 EXAMPLES = {
@@ -151,7 +152,7 @@ def run(argv: list[str]) -> CliResult:
         return CliResult(EXIT_USER_ERROR)
     except FinetuneError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(f"error: {redact(problem)}", file=sys.stderr)
         return CliResult(EXIT_USER_ERROR)
     except KeyboardInterrupt:  # before training started or after it ended: nothing to checkpoint
         print(f"error: {args.command} interrupted", file=sys.stderr)
@@ -167,7 +168,13 @@ def _resume_command(args: argparse.Namespace, run_dir: str) -> str:
 
 def main() -> None:
     die_with_launcher()
+    sys.excepthook = _redacted_traceback
     sys.exit(run(sys.argv[1:]).exit_code)
+
+
+def _redacted_traceback(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A bug's traceback as Python prints it, less any token a message carried."""
+    print(redact("".join(traceback.format_exception(kind, exc, tb))), end="", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> CliResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 EXIT_USER_ERROR = 2
 
 
@@ -34,3 +36,22 @@ class SaveFailed(FinetuneError):
     def __init__(self, problem: str, run_dir: str | None) -> None:
         super().__init__(problem)
         self.run_dir = run_dir
+
+
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def redact(text: str) -> str:
+    """`text` with every Hugging Face token this process can use replaced by ***: what finetune prints on failure
+    (an error line, a traceback) never shows one, whatever a server or a library put in its message."""
+    tokens = {os.environ.get(name) for name in TOKEN_VARIABLES}
+    try:
+        from huggingface_hub import get_token
+
+        tokens.add(get_token())
+    except Exception:  # noqa: BLE001 - no login, an unreadable token file: nothing more to hide
+        pass
+    for token in tokens:
+        if token and len(token) >= 8:
+            text = text.replace(token, "***")
+    return text

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from pydantic import ValidationError
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
-from finetune.errors import FinetuneError, first_line
+from finetune.errors import FinetuneError, first_line, redact
 from finetune.loaded_run import LoadedRun, load_run
 from finetune.mirrors import PACKAGED, base_record, resolve_model
 from finetune.plots import PLOT_FILE
@@ -246,7 +246,9 @@ def push_run(run_dir: Path, repo: str | None = None, private: bool | None = None
                 card.unlink(missing_ok=True)
             else:
                 card.write_bytes(before)
-            raise FinetuneError(f"push: {_redact(first_line(exc), token)}") from None
+            said = getattr(exc, "server_message", None)  # the Hub's reason (no write access, a bad name)
+            reason = f"{first_line(exc)}: {first_line(Exception(said))}" if said else first_line(exc)
+            raise FinetuneError(f"push: {redact(reason)}") from None
     log.info("pushed %s to %s", folder.name, repo)
     return commit.commit_url
 
@@ -268,7 +270,3 @@ def _check_loads(folder: Path) -> LoadedRun:
 def _metrics_of(run_dir: Path) -> dict[str, Any]:
     path = run_dir / METRICS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _redact(text: str, token: str) -> str:
-    return text.replace(token, "***")

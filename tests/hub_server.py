@@ -22,9 +22,10 @@ class Recorded:
 
 class HubStandIn:
     """`with HubStandIn() as hub:` serves at `hub.url` until the block ends; `configs` are the config.json files of
-    the model repositories it has (any other repository is not found)."""
+    the model repositories it has (any other repository is not found). With `refuse_commits`, a commit fails with
+    a server error whose message quotes the request's Authorization header, as a careless proxy's might."""
 
-    def __init__(self, configs: dict[str, dict] | None = None) -> None:
+    def __init__(self, configs: dict[str, dict] | None = None, refuse_commits: bool = False) -> None:
         self.recorded = Recorded()
         recorded = self.recorded
         configs = configs or {}
@@ -76,6 +77,8 @@ class HubStandIn:
                     files = json.loads(body)["files"]
                     modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
                     self._reply(200, {"files": modes})
+                elif path.endswith("/commit/main") and refuse_commits:
+                    self._reply(500, {"error": f"cannot commit for {self.headers.get('Authorization')}"})
                 elif path.endswith("/commit/main"):
                     for line in body.decode().splitlines():
                         item = json.loads(line)

@@ -240,7 +240,10 @@ def test_quantization_mistakes_are_caught_before_weights_load(tmp_path, tiny_ber
     assert "quantize.quant_type: fp4 is a 4-bit data type" in capsys.readouterr().err
 
 
-def test_hub_push_in_the_recipe_pushes_at_the_end_of_training(tmp_path, tiny_bert, monkeypatch):
+def test_hub_push_in_the_recipe_pushes_at_the_end_of_training(tmp_path, tiny_bert, monkeypatch, capsys):
+    """A planted token goes through training and a push, then a push the server refuses with a message quoting the
+    token: it is sent in the Authorization header and appears nowhere else, not in the run folder, the card, the
+    log, the output, the uploaded files or the error line."""
     import huggingface_hub.constants
 
     rows = sample_file(tmp_path, GLUE / "sst2" / "train.tsv", 17)
@@ -251,6 +254,29 @@ def test_hub_push_in_the_recipe_pushes_at_the_end_of_training(tmp_path, tiny_ber
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         assert run_cli("train", recipe, f"output_dir={tmp_path / 'run'}").exit_code == 0
     assert hub.recorded.repos[0]["name"] == "pushed" and "adapter_model.safetensors" in hub.recorded.files
+    with HubStandIn(refuse_commits=True) as refusing:
+        monkeypatch.setenv("HF_ENDPOINT", refusing.url)
+        assert run_cli("train", recipe, f"output_dir={tmp_path / 'refused'}").exit_code == 2
+    shown = capsys.readouterr()
+    assert "error: push: " in shown.err and "cannot commit for Bearer ***" in shown.err
+    assert TOKEN not in shown.out + shown.err
+    assert any(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in refusing.recorded.requests)
+    assert not any(TOKEN.encode() in content for content in hub.recorded.files.values())
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"README.md", "log.jsonl", "recipe.yaml"} <= {p.name for p in written}
+    assert not any(TOKEN.encode() in p.read_bytes() for p in written)
+
+
+def test_a_traceback_never_shows_a_token(monkeypatch, capsys):
+    from finetune.cli import _redacted_traceback
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    try:
+        raise RuntimeError(f"a library put the header in its message: Bearer {TOKEN}")
+    except RuntimeError as exc:
+        _redacted_traceback(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "Bearer ***" in err and TOKEN not in err
 
 
 def test_a_4bit_adapter_run_resumes_to_the_same_adapter(tmp_path, tiny_bert_64, monkeypatch):
