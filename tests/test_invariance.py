@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from cases import BY_NAME, CASES, max_difference, train, weights, without_dropout
+from conftest import REPO
 
 TOLERANCE = 1e-6  # relative to the largest weight; the defects guarded move weights by ~1e-4 of it
 # AdamW divides each gradient component by its own size, which hides a gradient scaled by mistake and magnifies
@@ -86,8 +87,7 @@ def test_two_processes_equal_one_with_twice_the_batch(name, request, tmp_path, t
     one = train(evaluating_three(case.recipe(tmp_path, model, batch_size=2, **steps)))
     recipe = evaluating_three(case.recipe(tmp_path, model, batch_size=1, **steps))
     (tmp_path / "two.yaml").write_text(json.dumps(recipe), encoding="utf-8")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/ddp.yaml")]
     done = subprocess.run(
         [*launch, "-m", "finetune", "train", str(tmp_path / "two.yaml")],
         capture_output=True,
@@ -96,7 +96,7 @@ def test_two_processes_equal_one_with_twice_the_batch(name, request, tmp_path, t
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "batch 1 x 2 devices x 1 accum = 2/step" in done.stderr
+    assert "batch 1 x 2 devices (MULTI_CPU) x 1 accum = 2/step" in done.stderr
     two = Path(recipe["output_dir"])
     assert step_losses(two) == pytest.approx(step_losses(one.run_dir), rel=1e-5) and len(step_losses(two)) == 5
     difference, scale = max_difference(weights(one.run_dir), weights(two))

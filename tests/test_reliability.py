@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import recipe_file, run_cli
+from conftest import REPO, recipe_file, run_cli
 from safetensors.torch import load_file
 from test_training import tiny_recipe
 
@@ -387,8 +387,7 @@ def test_workers_stop_at_a_checkpoint_when_their_launcher_is_killed(tmp_path, ti
 
     recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=10_000, batch_size=4, log_every=1, eval_every=10**6)
     run = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/ddp.yaml")]
     launcher = subprocess.Popen(
         [*launch, "-m", "finetune", "train", str(recipe), f"output_dir={run}"],
         stdout=subprocess.DEVNULL,
