@@ -337,6 +337,15 @@ class Engine:
         saved = self.checkpoints.load(self.model, folder)
         self.log.keep_first(saved.pop("log_records"))  # what was logged after the checkpoint is logged again
         self.state = TrainState(**saved)
+        if self.state.threads != torch.get_num_threads():
+            log.warning(
+                "this run trained with %d CPU threads per process and resumes with %d: the weights will differ from "
+                "an uninterrupted run's by rounding (OMP_NUM_THREADS=%d resumes exactly)",
+                self.state.threads,
+                torch.get_num_threads(),
+                self.state.threads,
+            )
+            self.state.threads = torch.get_num_threads()
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             folder,

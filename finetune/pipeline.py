@@ -135,6 +135,7 @@ def _train_in(
         "num_train_samples": engine.num_train_samples,
         "train_steps": state.global_step,
         "train_skipped_steps": state.skipped_steps,
+        "torch_threads": state.threads,
         "best_step": state.best_step,
         **token_metrics(data_report["lengths"]),
         **parameter_report(model),

@@ -33,6 +33,8 @@ class TrainState:
     evals_without_improvement: int = 0
     skipped_steps: int = 0  # steps whose loss or gradient was not finite, under train.nonfinite_steps: skip
     stopped_early: bool = False
+    # CPU threads per process: weights are bit-identical across runs and resumes only at the same count
+    threads: int = field(default_factory=torch.get_num_threads)
 
 
 def throughput(state: TrainState) -> dict[str, float]:

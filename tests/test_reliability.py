@@ -414,3 +414,21 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (FileNotFoundError, IndexError):
         return "zombie"
+
+
+def test_the_thread_count_is_recorded_and_a_resume_at_another_warns(
+    tmp_path, tiny_bert, sst2_rows, monkeypatch, caplog
+):
+    recipe, run = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=2, save_every=4), tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with monkeypatch.context() as patch:
+            patch.setattr(Engine, "_after_step", dying_after(Engine._after_step, 5))
+            assert run_cli("train", recipe, f"output_dir={run}").exit_code == 130
+        torch.set_num_threads(2)
+        resumed = run_cli("train", recipe, f"output_dir={run}", "--resume")
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.metrics["torch_threads"] == 2
+    assert "this run trained with 1 CPU threads per process and resumes with 2" in caplog.text
