@@ -73,13 +73,16 @@ def texts_of(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def answer_index(value: Any, names: list[str] | None, count: int) -> int | None:
-    """The right candidate's index: a candidate name (A), else an integer index; None when it is neither."""
+def answer_index(value: Any, names: list[str] | None, count: int, base: int = 0) -> int | None:
+    """The right candidate's index: a candidate's name (A); a letter A, B, ... for candidates without names (the
+    first, the second, ...); else an integer counted from `base`. None when it is none of these."""
     if value is None or isinstance(value, bool):
         return None
     text = str(value).strip()
     if names and text in names:
         return names.index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < count:
-        return int(text)
+    if names is None and len(text) == 1 and "A" <= text < chr(ord("A") + min(count, 26)):
+        return ord(text) - ord("A")
+    if text.lstrip("-").isdigit() and 0 <= int(text) - base < count:
+        return int(text) - base
     return None

@@ -152,6 +152,33 @@ def test_arc_has_three_to_five_candidates_and_digit_keys():
     assert all(answer_index(r["answerKey"], arc.candidates_of(r)[1], 5) is not None for r in rows)
 
 
+def test_letters_and_one_based_answers_name_positional_candidates(tmp_path, capsys):
+    """A letter names the first, second, ... candidate when candidates are columns or a plain list; integer answers
+    running 1..K are recognised as 1-based (not the `K` rows alone flagged, the `1` rows silently shifted), and
+    task.label_base: 1 reads them."""
+    columns = spec(type="multiple_choice", context="q", choices=["a", "b", "c", "d"], label="answer")
+    row = {"q": "?", "a": "w", "b": "x", "c": "y", "d": "z"}
+    assert [columns.read_label(letter, row, None) for letter in "ABCDE"] == [0, 1, 2, 3, None]
+    plain = spec(type="multiple_choice", context="q", choices="options")
+    assert plain.read_label("C", {"q": "?", "options": ["u", "v", "w"]}, None) == 2
+    named = spec(**NESTED_CHOICES)  # candidates with names: a letter is a name, never a position
+    assert named.read_label("B", {"question": {"stem": "?", "choices": [{"text": "u", "label": "1"}]}}, None) is None
+
+    rows = [{**row, "answer": answer} for answer in ("1", "4", "2", "3")]
+    problems, _ = columns.check_rows("train", "train", rows, None)
+    assert problems == [
+        "task.label: the integer answers in split 'train' run from 1 to 4, with 4 naming the last candidate: they "
+        "count from 1; set task.label_base: 1",
+        "task.label: '4' in row 1 of split 'train' is not one of the row's candidates (by name, letter or index "
+        "counted from 0)",
+    ]
+    one_based = spec(type="multiple_choice", context="q", choices=["a", "b", "c", "d"], label="answer", label_base=1)
+    assert one_based.check_rows("train", "train", rows, None) == ([], [])
+    assert [one_based.read_label(r["answer"], r, None) for r in rows] == [0, 3, 1, 2]
+    zero_based = [{**row, "answer": answer} for answer in ("0", "3", "1", "2")]  # 0-based: nothing to say
+    assert columns.check_rows("train", "train", zero_based, None) == ([], [])
+
+
 @pytest.mark.parametrize("name", ["copa", "commonsenseqa"])
 def test_multiple_choice_tiny_model_overfits(name, tmp_path, tiny_bert):
     source = {"copa": "choice/copa/train.jsonl", "commonsenseqa": "choice/commonsenseqa/train.jsonl"}[name]

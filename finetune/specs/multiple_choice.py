@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from finetune.errors import FinetuneError
-from finetune.fields import answer_index, fill_template, get_field
+from finetune.fields import answer_index, field_or_none, fill_template, get_field
 from finetune.specs.base import PredictorSpec, parse_templates, template_keys
 
 
@@ -30,6 +30,11 @@ class MultipleChoiceSpec(PredictorSpec):
     choice_text: str | None = Field(None, description="Key of the text inside each candidate, when they are records.")
     choice_label: str | None = Field(
         None, description="Key of each candidate's name (A, B, ...) that the label column names."
+    )
+    label_base: Literal[0, 1] = Field(
+        0,
+        description="What an integer label counts from: 0 (the first candidate is 0) or 1 (1-based answer keys). "
+        "A letter A, B, ... names the first, second, ... candidate when candidates have no names.",
     )
 
     predicts: ClassVar[str] = "candidate"
@@ -89,7 +94,30 @@ class MultipleChoiceSpec(PredictorSpec):
 
     def read_label(self, value: Any, row: dict[str, Any], labels: list[str] | None) -> int | None:
         texts, names = self.candidates_of(row)
-        return answer_index(value, names, len(texts))
+        return answer_index(value, names, len(texts), self.label_base)
 
     def label_expectation(self, labels: list[str] | None) -> str:
-        return "not one of the row's candidates (by name or index)"
+        counted = "from 1" if self.label_base else "from 0"
+        return f"not one of the row's candidates (by name, letter or index counted {counted})"
+
+    def check_rows(self, split: str, role: str, rows: list[dict], labels: list[str] | None) -> tuple[list, list]:
+        problems, notes = super().check_rows(split, role, rows, labels)
+        if self.label_base == 0 and (span := self._one_based_span(rows)):
+            problems.insert(
+                0,
+                f"task.label: the integer answers in split {split!r} run from 1 to {span}, with "
+                f"{span} naming the last candidate: they count from 1; set task.label_base: 1",
+            )
+        return problems, notes
+
+    def _one_based_span(self, rows: list[dict]) -> int | None:
+        """K when the integer labels run 1..K on rows of K candidates (none is 0, some equals its row's count)."""
+        answers = []
+        for row in rows:
+            value = str(field_or_none(row, self.label)).strip()
+            if not value.isdigit():
+                return None
+            answers.append((int(value), len(self.candidates_of(row)[0])))
+        if not answers or min(a for a, _ in answers) < 1 or not any(a == k for a, k in answers):
+            return None
+        return max(k for _, k in answers)
