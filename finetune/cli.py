@@ -197,7 +197,8 @@ def _eval(args: argparse.Namespace) -> CliResult:
         from finetune.recipe import load_recipe
         from finetune.zeroshot import zero_shot
 
-        metrics = zero_shot(load_recipe(args.run_dir, args.overrides), args.split, predictions_path=args.predictions)
+        recipe = load_recipe(args.run_dir, args.overrides, evaluate_only=True)
+        metrics = zero_shot(recipe, args.split, predictions_path=args.predictions)
         print(_metrics_line(metrics))
         return CliResult(0, metrics)
     from finetune.pipeline import evaluate_run

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from finetune.errors import FinetuneError
@@ -57,10 +58,11 @@ class Report:
             raise FinetuneError(*self.problems)
 
 
-def check(recipe: Recipe) -> Report:
-    """Run every check on a schema-valid recipe and collect all problems."""
+def check(recipe: Recipe, training: bool = True) -> Report:
+    """Run every check on a schema-valid recipe and collect all problems; without `training` (zero-shot scoring)
+    only the evaluation split is read."""
     report = Report()
-    for step in (_check_model, _check_data, _check_hub):
+    for step in (_check_model, partial(_check_data, training=training), _check_hub):
         try:
             step(recipe, report)
         except FinetuneError as exc:
@@ -205,7 +207,7 @@ def _hub_config(repo_id: str, revision: str | None) -> str | None:
     return str(Path(found).parent)
 
 
-def _check_data(recipe: Recipe, report: Report) -> None:
+def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
     task = recipe.task
     if task.reads_mixture:
         _check_mixture(recipe, report)
@@ -217,7 +219,9 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             "its columns are checked when it loads"
         )
         return
-    splits = {"train_split": recipe.data.train_split, "eval_split": recipe.data.eval_split}
+    splits = {"train_split": recipe.data.train_split} if training else {}
+    splits["eval_split"] = recipe.data.eval_split
+    first = next(iter(splits.values()))  # the split whose labels name the classes
     for key, split in splits.items():
         if split not in source.files:
             raise FinetuneError(f"data.{key}: no split {split!r} (splits: {', '.join(source.files)})")
@@ -229,14 +233,13 @@ def _check_data(recipe: Recipe, report: Report) -> None:
             raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if task.has_classes:
-        train_rows = rows[recipe.data.train_split]
-        _check_label_kinds(task.label, recipe.data.train_split, train_rows)
-        report.labels = list(task.labels or infer_labels(field_or_none(r, task.label) for r in train_rows))
+        _check_label_kinds(task.label, first, rows[first])
+        report.labels = list(task.labels or infer_labels(field_or_none(r, task.label) for r in rows[first]))
         if len(report.labels) < 2:
-            unlabelled, _ = task.check_rows(recipe.data.train_split, "train", train_rows, report.labels)
+            unlabelled, _ = task.check_rows(first, "train", rows[first], report.labels)
             raise FinetuneError(
                 *unlabelled[:1],
-                f"task.label: the train split has {len(report.labels)} class; a classifier needs two or more",
+                f"task.label: the {first} split has {len(report.labels)} class; a classifier needs two or more",
             )
         problem = task.classes_problem(report.labels)
         if problem:

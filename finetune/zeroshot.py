@@ -41,7 +41,7 @@ def zero_shot(
 ) -> dict[str, float]:
     """Score the recipe's base checkpoint on its evaluation split (or `split`) without training; seq2seq writes
     what it generates to `predictions_path` (jsonl) when given."""
-    report = check(recipe)
+    report = check(recipe, training=False)
     report.raise_for_problems()
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split

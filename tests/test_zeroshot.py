@@ -35,3 +35,22 @@ def test_zero_shot_needs_a_decoder_and_class_words(capsys):
     assert "zero-shot scoring reads a language model's log-probabilities" in capsys.readouterr().err
     result = run_cli("eval", REPO / "recipes/smollm2/stsb-smollm2.yaml", "--zero-shot")  # a score: no class words
     assert result.exit_code == 2 and "task.verbalizer: zero-shot classification needs" in capsys.readouterr().err
+
+
+def test_zero_shot_needs_no_training_split(tmp_path, tiny_llama, capsys):
+    """A recipe that names only an evaluation file scores zero-shot; training it is refused in one line."""
+    from conftest import SHARED_DATA, recipe_file, sample_file
+
+    copa = sample_file(tmp_path, SHARED_DATA / "choice/copa/train.jsonl", 6)
+    recipe = recipe_file(
+        tmp_path,
+        f"""
+model: {tiny_llama}
+task: {{type: multiple_choice, context: premise, choices: [choice1, choice2], label: label}}
+data: {{files: {{validation: {copa}}}}}
+""",
+    )
+    result = run_cli("eval", recipe, "--zero-shot")
+    assert result.exit_code == 0 and result.metrics["num_examples"] == 6
+    assert run_cli("train", recipe).exit_code == 2
+    assert "error: data.train_split: split 'train' is not in data.files (validation)" in capsys.readouterr().err

@@ -12,20 +12,21 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
-from finetune.recipe.schema import KEY_ALIASES, Recipe
+from finetune.recipe.schema import EVALUATE_ONLY, KEY_ALIASES, Recipe
 from finetune.specs import SPEC_BY_TYPE
 from finetune.specs.distillation import DistillationSpec
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Load, merge, override and validate a recipe file; raise FinetuneError listing every problem."""
+def load_recipe(path: str | Path, overrides: list[str] = (), evaluate_only: bool = False) -> Recipe:
+    """Load, merge, override and validate a recipe file; raise FinetuneError listing every problem. With
+    `evaluate_only` (zero-shot scoring), the recipe needs no training split."""
     path = Path(path)
     raw = _read_with_extends(path, seen=())
     for override in overrides:
         _apply_override(raw, override)
     raw.setdefault("name", path.stem)
     _check_strings(raw)
-    return validate_dict(raw)
+    return validate_dict(raw, evaluate_only)
 
 
 # pydantic's names for a union's members: literal['epoch'], constrained-int, function-after[...], int, str, ...
@@ -82,10 +83,10 @@ def _check_strings(raw: Any, key: str = "") -> None:
         raise FinetuneError(f"{key}: {raw}: there is no home folder {raw.split('/')[0]} on this machine")
 
 
-def validate_dict(raw: dict[str, Any]) -> Recipe:
+def validate_dict(raw: dict[str, Any], evaluate_only: bool = False) -> Recipe:
     """Validate an already merged recipe mapping."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, context={EVALUATE_ONLY: evaluate_only})
     except ValidationError as exc:
         raise FinetuneError(*dict.fromkeys(_describe(err) for err in _merge_unions(exc.errors()))) from None
 

@@ -15,12 +15,14 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     model_validator,
 )
 
 from finetune.specs import TaskSpec
 from finetune.specs.base import Section
 
+EVALUATE_ONLY = "evaluate_only"  # validation context: a recipe read only to score its evaluation split
 InstructionFormat = Literal["alpaca", "prompt_completion", "messages", "natural_instructions"]
 Family = Literal["auto", "encoder", "decoder", "encoder-decoder"]
 DataFormat = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"]
@@ -219,9 +221,11 @@ class DataSpec(Section):
         return self
 
     @model_validator(mode="after")
-    def _splits_present(self) -> DataSpec:
+    def _splits_present(self, info: ValidationInfo) -> DataSpec:
         if self.files is not None:
-            for key in ("train_split", "eval_split"):
+            # scoring without training (`finetune eval --zero-shot`) reads no training split
+            keys = ("eval_split",) if (info.context or {}).get(EVALUATE_ONLY) else ("train_split", "eval_split")
+            for key in keys:
                 split = getattr(self, key)
                 if split not in self.files:
                     raise ValueError(f"data.{key}: split {split!r} is not in data.files ({', '.join(self.files)})")
