@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="key.path=value", help="with --zero-shot"
     )
     evaluate.add_argument(
-        "--predictions", type=Path, help="with --zero-shot on a seq2seq recipe: write the generated texts here (jsonl)"
+        "--predictions",
+        type=Path,
+        help="with --zero-shot on a seq2seq or instruction recipe: write the generated texts here (jsonl) instead of "
+        "into the results folder",
+    )
+    evaluate.add_argument(
+        "--output",
+        type=Path,
+        help="with --zero-shot: the results folder (default runs/<recipe name>/zero-shot-<timestamp>)",
     )
 
     validate = command("validate", "Check recipes, their data and model configs without loading weights.")
@@ -195,15 +204,22 @@ def _train(args: argparse.Namespace) -> CliResult:
 def _eval(args: argparse.Namespace) -> CliResult:
     if args.zero_shot:
         from finetune.recipe import load_recipe
+        from finetune.rundir import check_writable
         from finetune.zeroshot import zero_shot
 
         recipe = load_recipe(args.run_dir, args.overrides, evaluate_only=True)
-        metrics = zero_shot(recipe, args.split, predictions_path=args.predictions)
+        folder = args.output or Path("runs") / recipe.name / datetime.now().strftime("zero-shot-%Y%m%d-%H%M%S")
+        check_writable(folder, "--output", folder=True)
+        metrics = zero_shot(recipe, args.split, folder, predictions_path=args.predictions)
         print(_metrics_line(metrics))
-        return CliResult(0, metrics)
+        tasks = (args.predictions or folder / "predictions.jsonl").with_suffix(".tasks.md")
+        if tasks.is_file():  # held-out tasks, one row each
+            print(tasks.read_text(encoding="utf-8"), end="")
+        print(f"results: {folder}")
+        return CliResult(0, metrics, folder)
     from finetune.pipeline import evaluate_run
 
-    if args.overrides or args.predictions:
+    if args.overrides or args.predictions or args.output:
         raise FinetuneError(
             "eval: key.path=value overrides and --predictions apply with --zero-shot; a run is scored as it was "
             "trained and writes predictions_<split>.jsonl into its folder"

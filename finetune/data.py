@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 
+import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
@@ -60,15 +61,16 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
         if split not in source.files:
             raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
         fmt = source.format_of(split, spec.format)
-        path = str(source.files[split])
-        if fmt == "lines":
-            loaded[key] = _load_lines(source, split)
-        elif fmt in ("csv", "tsv"):
-            loaded[key] = _load_delimited(source, split, fmt, path)
-        elif fmt in ("json", "jsonl"):
-            loaded[key] = load_dataset("json", data_files={split: path}, split=split, encoding=source.reader.encoding)
+        if fmt in ("lines", "json"):  # line-aligned text; a JSON file may hold one record, which datasets misreads
+            loaded[key] = _load_rows(source, split, fmt)
+            continue
+        paths = [str(p) for p in source.files[split]]
+        if fmt in ("csv", "tsv"):
+            loaded[key] = _load_delimited(source, split, fmt, paths)
+        elif fmt == "jsonl":
+            loaded[key] = load_dataset("json", data_files={split: paths}, split=split, encoding=source.reader.encoding)
         else:
-            loaded[key] = load_dataset("parquet", data_files={split: path}, split=split)
+            loaded[key] = load_dataset("parquet", data_files={split: paths}, split=split)
         if source.flatten:
             loaded[key] = loaded[key].flatten()
         renames = {k: v for k, v in source.rename.items() if k in loaded[key].column_names}
@@ -76,28 +78,33 @@ def _load_local(source: LocalTables, spec: DataSpec, splits: dict[str, str]) -> 
     return DatasetDict(loaded)
 
 
-def _load_lines(source: LocalTables, split: str) -> Dataset:
-    """Line-aligned text files as a dataset, fingerprinted by the files' paths, sizes and times (for the cache)."""
-    rows = list(read_rows(source, split, "lines"))
+def _load_rows(source: LocalTables, split: str, fmt: str) -> Dataset:
+    """Rows our reader reads (line-aligned text, JSON) as a dataset, fingerprinted by the files' paths, sizes and
+    times (for the cache)."""
+    rows = list(read_rows(source, split, fmt))
     if not rows:
-        raise FinetuneError(f"data.files.{split}: the line-aligned files are empty")
-    dataset = Dataset.from_list(rows)
+        raise FinetuneError(f"data.files.{split}: {source.named(split)} holds no rows")
+    columns = dict.fromkeys(key for row in rows for key in row)  # every record's keys, not the first one's alone
+    try:
+        dataset = Dataset.from_dict({column: [row.get(column) for row in rows] for column in columns})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise FinetuneError(f"data.files.{split}: {source.named(split)}: {first_line(exc)}") from None
     files = source.files[split]
-    paths = [p for f in files.values() for p in (f if isinstance(f, list) else [f])]
+    paths = [p for f in files.values() for p in (f if isinstance(f, list) else [f])] if fmt == "lines" else files
     dataset._fingerprint = Hasher.hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
     return dataset
 
 
-def _load_delimited(source: LocalTables, split: str, fmt: str, path: str) -> Dataset:
+def _load_delimited(source: LocalTables, split: str, fmt: str, paths: list[str]) -> Dataset:
     reader = source.reader
     first = next(read_rows(LocalTables(source.files, reader, {}, source.origin, False), split, fmt), None)
     if first is None:
-        raise FinetuneError(f"data.files.{split}: {path} has no rows")
+        raise FinetuneError(f"data.files.{split}: {source.named(split)} has no rows")
     # Every column as text: pandas would otherwise guess types chunk by chunk and turn "NA" into a missing value.
     features = Features({name: Value("string") for name in first})
     return load_dataset(
         "csv",
-        data_files={split: path},
+        data_files={split: paths},
         split=split,
         delimiter=source.delimiter(fmt),
         quoting=csv.QUOTE_NONE if reader.quoting == "none" else csv.QUOTE_MINIMAL,

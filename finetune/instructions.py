@@ -66,6 +66,12 @@ def load_mixture(recipe: Recipe) -> tuple[dict[str, list[dict]], dict[str, Any]]
         train += kept
         evaluation += held if data.eval_mixture is None else []
         report["train"][spec.label] = _source_report(examples, kept, skipped)
+    if task.shots and data.eval_mixture:
+        log.warning(
+            "task.shots: %d applies to the training sources; the held-out tasks of data.eval_mixture are judged "
+            "zero-shot, as the Flan papers judge them",
+            task.shots,
+        )
     for spec in data.eval_mixture or []:
         examples, _, skipped = read_source(spec, spec.split, task.templates, 0, seed)  # held-out tasks: zero-shot
         kept = mix(examples, spec.model_copy(update={"weight": 1.0}), seed)

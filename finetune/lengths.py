@@ -98,13 +98,22 @@ def input_token_report(tokenized: DatasetDict) -> tuple[DatasetDict, dict[str, A
         return tokenized, {}
     report, kept = {}, {}
     for key, ds in tokenized.items():
-        total = sum(sum(n) if isinstance(n, list) else n for n in ds[TOTAL_LENGTH])
-        held = sum(example_length(ids) for ids in ds["input_ids"])
-        report[key] = {"examples": len(ds), "tokens": {"in": total, "kept": held, "dropped": total - held}}
+        totals, ids = ds[TOTAL_LENGTH], ds["input_ids"]  # each column read once
+        total = sum(sum(n) if isinstance(n, list) else n for n in totals)
+        held = sum(example_length(i) for i in ids)
+        cut = sum(  # examples with a sequence (an ordering, a candidate) that lost tokens
+            any(n > len(s) for n, s in zip(t, i)) if isinstance(t, list) else t > len(i) for t, i in zip(totals, ids)
+        )
+        report[key] = {
+            "examples": len(ds),
+            "truncated": cut,
+            "tokens": {"in": total, "kept": held, "dropped": total - held},
+        }
         log.info(
-            "%s split: %d examples; tokens: %d in, %d kept (%d dropped by truncation)",
+            "%s split: %d examples, %d truncated to data.max_length; tokens: %d in, %d kept (%d dropped)",
             key,
             len(ds),
+            cut,
             total,
             held,
             total - held,
@@ -127,8 +136,9 @@ def token_counts(ds: Any, skips: list[str], separate_target: bool) -> dict[str, 
 
 def token_metrics(report: dict[str, Any]) -> dict[str, int]:
     """The training split's token counts as flat metrics (train_tokens_in, ...); none for tasks without a report."""
-    tokens = report.get("train", {}).get("tokens", {})
-    return {f"train_tokens_{name}": count for name, count in tokens.items()}
+    train = report.get("train", {})
+    cut = {"train_examples_truncated": train["truncated"]} if "truncated" in train else {}
+    return {**{f"train_tokens_{name}": count for name, count in train.get("tokens", {}).items()}, **cut}
 
 
 def _summary(lengths: list[int]) -> dict[str, float]:

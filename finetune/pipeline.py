@@ -191,7 +191,7 @@ def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
     fmt = FORMATS_BY_SUFFIX.get(path.suffix)
     if fmt is None:
         raise FinetuneError(f"--input: {path.name} is not one of {', '.join(FORMATS_BY_SUFFIX)}")
-    rows = list(read_rows(LocalTables({"input": path}, ReaderSpec(), {}, "--input"), "input", fmt))
+    rows = list(read_rows(LocalTables({"input": [path]}, ReaderSpec(), {}, "--input"), "input", fmt))
     missing = [c for c in task.text_fields if rows and c not in rows[0]]
     if not rows or missing:
         raise FinetuneError(f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}" if rows else "has no rows"))

@@ -7,8 +7,10 @@ under a second, and `finetune.data` loads the same files through `datasets` with
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,28 +26,41 @@ FORMATS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "j
 
 @dataclass(frozen=True)
 class LocalTables:
-    """Local files by split, with the options that read them and the renames that apply after."""
+    """Local files by split (a table split is one file or several, read in order as one), with the options that
+    read them and the renames that apply after."""
 
-    files: dict[str, Path | LineFiles]
+    files: dict[str, list[Path] | LineFiles]
     reader: ReaderSpec
     rename: dict[str, str]
     origin: str
     flatten: bool = False
 
     def format_of(self, split: str, declared: str = "auto") -> str:
-        """The file format of one split: the declared one, else the file's extension."""
-        path = self.files[split]
-        if isinstance(path, dict):
+        """The file format of one split: the declared one, else the files' extension (one for all of them)."""
+        paths = self.files[split]
+        if isinstance(paths, dict):
             return "lines"
         if declared != "auto":
             return declared
-        suffixes = [s for s in path.suffixes if s in FORMATS_BY_SUFFIX]
-        if not suffixes:
-            raise FinetuneError(
-                f"data.files.{split}: cannot tell the format of {path.name}; set data.format "
-                f"({', '.join(sorted(set(FORMATS_BY_SUFFIX.values())))})"
-            )
-        return FORMATS_BY_SUFFIX[suffixes[-1]]
+        found = {}
+        for path in paths:
+            suffixes = [s for s in path.suffixes if s in FORMATS_BY_SUFFIX]
+            if not suffixes:
+                raise FinetuneError(
+                    f"data.files.{split}: cannot tell the format of {path.name}; set data.format "
+                    f"({', '.join(sorted(set(FORMATS_BY_SUFFIX.values())))})"
+                )
+            found.setdefault(FORMATS_BY_SUFFIX[suffixes[-1]], path.name)
+        if len(found) > 1:
+            raise FinetuneError(f"data.files.{split}: {' and '.join(found.values())} are in different formats")
+        return next(iter(found))
+
+    def named(self, split: str) -> str:
+        """The split's files as a user would name them in a message."""
+        paths = self.files[split]
+        if isinstance(paths, dict):
+            return ", ".join(f"{column}: {files}" for column, files in paths.items())
+        return str(paths[0]) if len(paths) == 1 else f"{paths[0]} and {len(paths) - 1} more files"
 
     def delimiter(self, fmt: str) -> str:
         return self.reader.delimiter or ("\t" if fmt == "tsv" else ",")
@@ -69,25 +84,50 @@ def locate(
 ) -> LocalTables | HubDataset:
     """Where a dataset's rows are: `files` (local, by split), else the mirror's copy of `source`, else the Hub."""
     if files is not None:
-        return LocalTables({k: as_paths(v) for k, v in files.items()}, reader, {}, "data.files")
+        return LocalTables({k: _tables(k, v) for k, v in files.items()}, reader, {}, "data.files")
     mirrored = resolve_dataset(source, subset)
     if mirrored is None:
         return HubDataset(source, subset)
     reader = ReaderSpec.model_validate({**reader.model_dump(exclude_defaults=True), **mirrored.reader})
-    return LocalTables(mirrored.files, reader, mirrored.rename, f"mirror of {source}", mirrored.flatten)
+    tables = {k: v if isinstance(v, dict) else [v] for k, v in mirrored.files.items()}
+    return LocalTables(tables, reader, mirrored.rename, f"mirror of {source}", mirrored.flatten)
+
+
+def _tables(split: str, value: str | list[str] | dict[str, Any]) -> list[Path] | LineFiles:
+    """A split's files: a path, a glob (sorted matches) or a list of paths; or line-aligned files by column."""
+    if isinstance(value, dict):
+        return as_paths(value)
+    paths = []
+    for name in value if isinstance(value, list) else [value]:
+        expanded = os.path.expanduser(str(name))
+        if glob.has_magic(expanded):
+            matches = sorted(glob.glob(expanded))
+            if not matches:
+                raise FinetuneError(f"data.files.{split}: no file matches {name}")
+            paths += [Path(match) for match in matches]
+        else:
+            paths.append(Path(expanded))
+    if not paths:
+        raise FinetuneError(f"data.files.{split}: an empty list of files")
+    return paths
 
 
 def read_rows(tables: LocalTables, split: str, fmt: str) -> Iterator[dict[str, Any]]:
     """Yield one split's rows as dicts (renames applied), raising FinetuneError on unreadable input."""
-    path = tables.files[split]
+    paths = tables.files[split]
     if fmt == "lines":
-        yield from _read_lines(split, path)
+        yield from _read_lines(split, paths)
         return
-    if not path.is_file():
-        raise FinetuneError(f"data.files.{split}: file not found: {path}")
-    rows = _read_table(path, fmt, tables)
+    for path in paths:
+        if not path.is_file():
+            raise FinetuneError(f"data.files.{split}: file not found: {path}")
+    for path in paths:
+        yield from _renamed_rows(tables, split, path, fmt)
+
+
+def _renamed_rows(tables: LocalTables, split: str, path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     try:
-        for row in rows:
+        for row in _read_table(path, fmt, tables):
             row = flatten_row(row) if tables.flatten else row
             yield {tables.rename.get(k, k): v for k, v in row.items()}
     except UnicodeDecodeError as exc:
@@ -189,8 +229,10 @@ def _read_json(path: Path, encoding: str) -> Iterator[dict[str, Any]]:
         # datasets' json loader also reads JSON lines under a .json name
         yield from (_json_record(line, path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip())
         return
+    if isinstance(data, dict):  # one record a file
+        data = [data]
     if not isinstance(data, list):
-        raise FinetuneError(f"{path}: expected a JSON list of records")
+        raise FinetuneError(f"{path}: expected a JSON record or a list of records, not {type(data).__name__}")
     for number, record in enumerate(data):
         if not isinstance(record, dict):
             raise FinetuneError(f"{path}: item {number} of the list is not a JSON object (a record of columns)")

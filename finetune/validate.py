@@ -230,7 +230,7 @@ def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
     }
     for key, split in splits.items():
         if not rows[split]:
-            raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.files[split]})")
+            raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.named(split)})")
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if task.has_classes:
         _check_label_kinds(task.label, first, rows[first])

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from finetune import data
@@ -32,19 +33,38 @@ from finetune.loaded_run import LoadedRun
 from finetune.metrics import compute_metrics, f1_setting
 from finetune.model import load_tokenizer
 from finetune.prepare import prepare, settle_architecture
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, dump_recipe
+from finetune.rundir import METRICS_FILE, RECIPE_FILE, write_json
 from finetune.validate import Report, check
 
 
 def zero_shot(
-    recipe: Recipe, split: str | None = None, batch_size: int = 16, predictions_path: Path | None = None
+    recipe: Recipe,
+    split: str | None = None,
+    folder: Path | None = None,
+    predictions_path: Path | None = None,
+    batch_size: int = 16,
 ) -> dict[str, float]:
-    """Score the recipe's base checkpoint on its evaluation split (or `split`) without training; seq2seq writes
-    what it generates to `predictions_path` (jsonl) when given."""
+    """Score the recipe's base checkpoint on its evaluation split (or `split`) without training. With `folder`,
+    write there the metrics, the resolved recipe and what a seq2seq or instruction model generates (with a table
+    per held-out task), unless `predictions_path` names another file for the generated texts."""
     report = check(recipe, training=False)
     report.raise_for_problems()
     recipe, family = settle_architecture(recipe, report)
     split = split or recipe.data.eval_split
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        predictions_path = predictions_path or folder / "predictions.jsonl"
+    metrics = _score(recipe, report, family, split, predictions_path, batch_size)
+    if folder is not None:
+        write_json(folder / METRICS_FILE, metrics)
+        (folder / RECIPE_FILE).write_text(dump_recipe(recipe), encoding="utf-8")
+    return metrics
+
+
+def _score(
+    recipe: Recipe, report: Report, family: str, split: str, predictions_path: Path | None, batch_size: int
+) -> dict[str, float]:
     if recipe.task.text_to_text or recipe.task.predicts in ("text", "tokens"):  # scored as after training
         return _zero_shot_as_trained(recipe, report, split, predictions_path)
     if family != "decoder":
@@ -116,7 +136,7 @@ def continuation_logprobs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum of log p(continuation tokens | prompt) and the number of those tokens, for each (prompt, continuation)."""
     sums, counts = [], []
-    for start in range(0, len(pairs), batch_size):
+    for start in tqdm(range(0, len(pairs), batch_size), desc="zero-shot", unit="batch"):  # with the time left
         encoded = [
             (tokenizer(p)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
             for p, c in pairs[start : start + batch_size]

@@ -396,7 +396,6 @@ TWICE = {  # killed after a checkpoint, then again in the resumed run: a resume 
 SUITE = [
     ("encoder", "checkpoint-weights"),
     ("encoder", "best-swap"),
-    ("encoder", "final-publish"),
     ("encoder", "twice"),
     ("decoder", "final-weights"),
     ("decoder", RANDOM),

@@ -55,6 +55,45 @@ def test_each_file_format_reads_the_same_real_rows(tmp_path, fmt):
     assert [str(v) for v in raw["train"]["label"]] == [r["label"] for r in records]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_a_split_of_several_files_reads_them_in_order(tmp_path, fmt):
+    """A glob or a list of files is one split, its files read in name (or list) order, by validate's reader and by
+    datasets alike; a JSON file may hold a single record (one record a file)."""
+    header, *rows = glue_rows("sst2")[:13]
+    records = [dict(zip(header, r)) for r in rows]
+    parts = [records[:5], records[5:6], records[6:]]
+    for number, part in enumerate(parts):
+        path = tmp_path / f"part-{number}.{fmt}"
+        if fmt in ("csv", "tsv"):
+            with path.open("w", encoding="utf-8", newline="") as handle:
+                csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",").writerows([header, *map(dict.values, part)])
+        elif fmt == "json":
+            path.write_text(json.dumps(part[0] if len(part) == 1 else part))
+        elif fmt == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        else:
+            pq.write_table(pa.Table.from_pylist(part), path)
+    listed = [str(tmp_path / f"part-{n}.{fmt}") for n in (2, 0, 1)]
+    for train, order in ((str(tmp_path / f"part-*.{fmt}"), [0, 1, 2]), (listed, [2, 0, 1])):
+        r = recipe(files={"train": train, "validation": listed[0]})
+        expected = [row["sentence"] for n in order for row in parts[n]]
+        assert load(r)["train"]["sentence"] == expected
+        source = data.resolve_source(r.data)
+        assert [row["sentence"] for row in data.read_rows(source, "train", source.format_of("train"))] == expected
+
+
+def test_split_files_that_are_missing_or_mixed_are_one_line(tmp_path):
+    from finetune.errors import FinetuneError
+
+    (tmp_path / "a.csv").write_text("sentence,label\nfine,1\n")
+    (tmp_path / "b.jsonl").write_text('{"sentence": "bad", "label": 0}\n')
+    with pytest.raises(FinetuneError, match=r"data.files.train: no file matches .*/nothing-\*.csv"):
+        load(recipe(files={"train": str(tmp_path / "nothing-*.csv"), "validation": str(tmp_path / "a.csv")}))
+    mixed = recipe(files={"train": [str(tmp_path / "a.csv"), str(tmp_path / "b.jsonl")], "validation": "x.csv"})
+    with pytest.raises(FinetuneError, match="data.files.train: a.csv and b.jsonl are in different formats"):
+        load(mixed, {"train": "train"})
+
+
 def test_glue_quirks_read_through_the_mirror():
     cola = load(recipe(source="nyu-mll/glue", subset="cola"))  # no header, no final newline in dev
     assert len(cola["train"]) == 8551 and len(cola["eval"]) == 1043

@@ -114,7 +114,7 @@ train: {{epochs: 30, batch_size: 8, lr: 3.0e-3, warmup: 0, eval_every: 40, save_
 
 
 def test_t5_classifier_head_and_bart_multiple_choice(tmp_path, tiny_t5, tiny_bart):
-    stsb = sample_file(tmp_path, GLUE / "stsb" / "train.tsv", 33)
+    stsb = sample_file(tmp_path, GLUE / "stsb" / "train.tsv", 17)
     recipe = recipe_file(
         tmp_path,
         f"""
@@ -130,7 +130,7 @@ train: {{epochs: 40, batch_size: 8, lr: 3.0e-3, warmup: 0, eval_every: 80, save_
     config = json.loads((tmp_path / "sim" / "config.json").read_text())
     assert config["architectures"] == ["T5ForSequenceClassification"]
 
-    copa = sample_file(tmp_path, SHARED_DATA / "choice/copa/train.jsonl", 32)
+    copa = sample_file(tmp_path, SHARED_DATA / "choice/copa/train.jsonl", 16)
     for model, head, lr in ((tiny_bart, "auto", "2.0e-3"), (tiny_t5, "text_to_text", "3.0e-3")):
         recipe = recipe_file(
             tmp_path,
@@ -157,7 +157,7 @@ task: {{type: entailment, text_a: sentence1, text_b: sentence2, labels: [entailm
 data: {{files: {{train: {rte}, validation: {rte}}}, reader: {{quoting: none}}}}
 """,
     )
-    metrics = run_cli("eval", recipe, "--zero-shot").metrics
+    metrics = run_cli("eval", recipe, "--zero-shot", "--output", tmp_path / "zero-shot").metrics
     assert metrics["num_examples"] == 16 and 0 <= metrics["accuracy"] <= 1 and metrics["eval_loss"] > 0
 
 

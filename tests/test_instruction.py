@@ -295,7 +295,8 @@ def test_zero_shot_generation_and_predict(tiny_llama, tmp_path):
     recipe = REPO / "recipes/instruct/alpaca-smollm2-lora.yaml"
     short = [f"model={tiny_llama}", "data.max_length=256", "data.max_eval_samples=4", "generation.max_new_tokens=3"]
     predictions = tmp_path / "zero.jsonl"
-    result = run_cli("eval", recipe, "--zero-shot", "--predictions", predictions, *[f"--set={o}" for o in short])
+    options = ["--predictions", predictions, "--output", tmp_path / "zero-shot", *[f"--set={o}" for o in short]]
+    result = run_cli("eval", recipe, "--zero-shot", *options)
     assert result.exit_code == 0 and result.metrics["num_examples"] == 4 and 0 <= result.metrics["rougeL"] <= 1
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == 4 and all(r["task"] == "tatsu-lab/alpaca" for r in records)

@@ -184,7 +184,7 @@ train: {{epochs: 1, batch_size: 8}}
 
 def test_zero_shot_perplexity_is_the_models_own_loss(tmp_path, tiny_llama):
     recipe = lm_recipe(tmp_path, tiny_llama, ", objective: causal")
-    result = run_cli("eval", "--zero-shot", recipe)
+    result = run_cli("eval", "--zero-shot", recipe, "--output", tmp_path / "zero-shot")
     assert result.exit_code == 0
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()

@@ -143,6 +143,7 @@ def test_truncated_inputs_are_counted(tmp_path, tiny_bert, sst2_rows):
     assert result.metrics["train_tokens_kept"] == sum(min(n, 8) for n in lengths)
     assert result.metrics["train_tokens_dropped"] == sum(lengths) - sum(min(n, 8) for n in lengths)
     assert json.loads((result.run_dir / "lengths.json").read_text())["train"]["tokens"]["in"] == sum(lengths)
+    assert result.metrics["train_examples_truncated"] == sum(n > 8 for n in lengths)
 
 
 def test_fp16_on_cpu_is_a_clear_error(tmp_path, tiny_bert, sst2_rows, capsys):

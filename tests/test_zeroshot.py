@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from conftest import REPO, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,6 +25,12 @@ def test_continuation_logprobs_match_a_one_at_a_time_computation(tiny_llama):
             logits = model(input_ids=torch.tensor([p + c])).logits[0]
         expected = sum(torch.log_softmax(logits[len(p) - 1 + i], -1)[token].item() for i, token in enumerate(c))
         assert count == len(c) and abs(total - expected) < 1e-4
+
+
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path, monkeypatch):
+    """Zero-shot results go to runs/ under the working folder: a test's own."""
+    monkeypatch.chdir(tmp_path)
 
 
 def test_smollm2_zero_shot_on_real_copa(capsys, smollm2_converted):
@@ -52,5 +62,8 @@ data: {{files: {{validation: {copa}}}}}
     )
     result = run_cli("eval", recipe, "--zero-shot")
     assert result.exit_code == 0 and result.metrics["num_examples"] == 6
+    [folder] = (tmp_path / "runs" / "recipe").glob("zero-shot-*")  # results are written by default
+    assert json.loads((folder / "metrics.json").read_text()) == result.metrics and (folder / "recipe.yaml").is_file()
+    assert f"results: {Path('runs') / 'recipe' / folder.name}" in capsys.readouterr().out
     assert run_cli("train", recipe).exit_code == 2
     assert "error: data.train_split: split 'train' is not in data.files (validation)" in capsys.readouterr().err

@@ -170,11 +170,12 @@ class DataSpec(Section):
         None, description="Hub dataset id, e.g. nyu-mll/glue; resolved through FINETUNE_DATA_MIRROR when set."
     )
     subset: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
-    files: dict[str, str | dict[str, str | list[str]]] | None = Field(
+    files: dict[str, str | list[str] | dict[str, str | list[str]]] | None = Field(
         None,
-        description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}; a split of "
-        "line-aligned text files names one per column, {de: val.de.gz, en: val.en.gz} (a list of files makes a "
-        "column of lists, e.g. several references).",
+        description="Local files by split name, e.g. {train: data/train.csv, validation: data/dev.csv}; a glob "
+        "(data/train-*.jsonl) or a list of files reads them in order as one split, and a JSON file may hold one "
+        "record or a list of them; a split of line-aligned text files names one per column, {de: val.de.gz, en: "
+        "val.en.gz} (a list of files makes a column of lists, e.g. several references).",
     )
     format: DataFormat = Field("auto", description="File format; auto reads it from the file extension.")
     reader: ReaderSpec = Field(default_factory=ReaderSpec, description="Options for csv and tsv files.")
