@@ -103,7 +103,7 @@ def table() -> str:
 def copy_baseline(count: int) -> dict[str, float]:
     """JFLEG's no-change baseline: each test sentence itself as its correction, judged as the runs are."""
     from finetune.metrics import compute_metrics
-    from finetune.recipe.schema import ReaderSpec
+    from finetune.recipe.data_section import ReaderSpec
     from finetune.sources import locate, read_rows
 
     rows = list(read_rows(locate("jhu-clsp/jfleg", None, None, ReaderSpec()), "test", "lines"))[:count]

@@ -16,10 +16,12 @@ from finetune.errors import FinetuneError, first_line
 from finetune.fields import get_field
 from finetune.instructions import load_mixture
 from finetune.labels import infer_labels
-from finetune.recipe.schema import DataSpec, Recipe
+from finetune.recipe.data_section import DataSpec
+from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.specs import TaskSpec
 from finetune.tasks import Task
+from finetune.transforms import Transformer, partition, plan, side_files
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,46 @@ def load_splits(recipe: Recipe, splits: dict[str, str]) -> tuple[DatasetDict, di
 
 
 def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
-    """Load the named splits (`{"train": "train", "eval": "validation"}`) with their source's column names."""
+    """Load the named splits (`{"train": "train", "eval": "validation"}`) with their source's column names, after
+    data.transforms; with data.split, the training and evaluation parts of one split."""
+    planned = plan(spec, splits)
+    read = {split: key for key, (split, _) in reversed(planned.items())}  # each split once, named by its first role
     source = resolve_source(spec)
-    if isinstance(source, HubDataset):
-        return _load_hub(source, splits)
-    return _load_local(source, spec, splits)
+    roles = {key: split for split, key in read.items()}
+    loaded = _load_hub(source, roles) if isinstance(source, HubDataset) else _load_local(source, spec, roles)
+    whole = {read_as: _transformed(loaded[key], spec, read_as) for key, read_as in roles.items()}
+    parts = {}
+    for key, (split, part) in planned.items():
+        rows = whole[split]
+        parts[key] = rows if part is None else rows.select(partition(len(rows), spec.split)[part])
+    return DatasetDict(parts)
+
+
+def _transformed(ds: Dataset, spec: DataSpec, split: str) -> Dataset:
+    """One split after data.transforms, cached under the split's, the transforms' and the side files' identity."""
+    if not spec.transforms:
+        return ds
+    sides = [
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in side_files(spec.transforms, split) if p.is_file()
+    ]
+    identity = (ds._fingerprint, split, [t.model_dump(mode="json") for t in spec.transforms], sides)
+    try:
+        done = ds.map(
+            Transformer(spec.transforms, split, len(ds)),
+            batched=True,
+            with_indices=True,
+            remove_columns=ds.column_names,
+            try_original_type=False,  # a cast column keeps the type it was cast to
+            new_fingerprint=Hasher.hash(identity),
+            desc=f"Transforming {split}",
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise FinetuneError(
+            f"data.transforms: split {split!r}: a column mixes kinds of values ({first_line(exc)})"
+        ) from None
+    if len(done) == 0:
+        raise FinetuneError(f"data.transforms: no row of split {split!r} is left")
+    return done
 
 
 def _load_hub(source: HubDataset, splits: dict[str, str]) -> DatasetDict:

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -36,6 +36,7 @@ from finetune.progress import TrainState, Window, throughput
 from finetune.recipe.schema import TrainSpec
 from finetune.rundir import LOG_FILE, JsonlLog, checkpoint_dirs
 from finetune.stopping import stop_signals
+from finetune.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Engine:
         self.metric = metric
         self.state = TrainState()
         self.log = JsonlLog(run_dir / LOG_FILE, enabled=accelerator.is_main_process)
+        self.trackers: Trackers | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(
@@ -127,9 +129,11 @@ class Engine:
         return sampler, loader
 
     # -- train ---------------------------------------------------------------------------------
-    def train(self) -> TrainState:
-        """The loop: each step's micro-batches forward and backward, then clip, step, log, evaluate, checkpoint."""
+    def train(self, trackers: Trackers | None = None) -> TrainState:
+        """The loop: each step's micro-batches forward and backward, then clip, step, log, evaluate, checkpoint;
+        every log record also goes to `trackers`."""
         state, acc = self.state, self.accelerator
+        self.trackers = trackers
         bar = tqdm(
             total=self.total_steps,
             initial=state.global_step,
@@ -162,7 +166,8 @@ class Engine:
                 else self.train_loader
             )
             for batches in chunks(loader, spec.grad_accum):  # one optimizer step's micro-batches
-                window.add(self._step(batches), self._examples(batches))
+                loss, norm = self._step(batches)
+                window.add(loss, self._examples(batches), norm)
                 state.batches_in_epoch += len(batches)
                 state.global_step += 1
                 self._after_step(window, bar)
@@ -185,8 +190,9 @@ class Engine:
             self._save_checkpoint()
             raise Interrupted(signal.Signals(number).name, number, self.state.global_step, str(self.run_dir))
 
-    def _step(self, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step over its micro-batches; returns this process's part of the step's loss.
+    def _step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step over its micro-batches; returns this process's part of the step's loss, and the
+        gradient norm before clipping (None when train.max_grad_norm is 0: nothing computes it).
 
         Each loss term is divided by its items in the whole step (every micro-batch, every process), so the
         gradient is that of the step's mean loss however the step is split; data parallelism averages the
@@ -201,15 +207,15 @@ class Engine:
                 share = loss.share(totals)
                 acc.backward(share * acc.num_processes)
             local += share.detach().float()
-        norm = local
+        norm = None
         if self.spec.max_grad_norm > 0:
             norm = acc.clip_grad_norm_(self.model.parameters(), self.spec.max_grad_norm)
         # a GradScaler (fp16) skips its own overflowing steps: only the loss is ours to judge there
-        if self._finite(local if acc.scaler is not None else local + norm):
+        if self._finite(local if acc.scaler is not None or norm is None else local + norm):
             self.optimizer.step()
         self.optimizer.zero_grad()
         self.scheduler.step()
-        return local
+        return local, norm
 
     def _finite(self, value: torch.Tensor) -> bool:
         """Is this step's loss (and gradient norm) finite on every process? A step that is not never updates the
@@ -270,9 +276,10 @@ class Engine:
                 "epoch": round(state.global_step / self.steps_per_epoch, 4),
                 "loss": window.mean_loss(self.accelerator),
                 "lr": self.scheduler.get_last_lr()[0],
+                **({"grad_norm": round(float(window.grad_norm), 6)} if window.grad_norm is not None else {}),
                 **throughput(state),
             }
-            self.log.write(record)
+            self._write(record)
             bar.set_postfix(
                 loss=f"{record['loss']:.4f}",
                 lr=f"{record['lr']:.2e}",
@@ -302,7 +309,7 @@ class Engine:
         metrics = self.evaluate(self.model, self.eval_loader, state.global_step)
         self.model.train()
         state.last_eval_step, state.last_metrics = state.global_step, metrics
-        self.log.write(
+        self._write(
             {
                 "step": state.global_step,
                 "epoch": round(state.global_step / self.steps_per_epoch, 4),
@@ -327,6 +334,12 @@ class Engine:
                     "early stop: %s has not improved for %d evaluations", self.metric, state.evals_without_improvement
                 )
                 state.stopped_early = True
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """A record into log.jsonl and to the trackers."""
+        self.log.write(record)
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     # -- saving --------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:

@@ -28,7 +28,8 @@ from typing import Any
 
 from finetune.errors import FinetuneError, first_line
 from finetune.mirrors import resolve_dataset
-from finetune.recipe.schema import ReaderSpec, Recipe, SourceSpec
+from finetune.recipe.data_section import ReaderSpec, SourceSpec
+from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, locate, read_rows
 
 log = logging.getLogger(__name__)
@@ -245,14 +246,21 @@ def _natural_instructions(
 ) -> tuple[list[dict], Counter]:
     files = _ni_files(spec)
     tests = set(files["test_tasks"].read_text(encoding="utf-8").split()) if "test_tasks" in files else set()
-    if split not in ("train", "test"):
-        raise FinetuneError(f"data.mixture ({spec.label}): natural_instructions reads split train or test, not {split}")
+    if split not in ("train", "test", "all"):
+        raise FinetuneError(
+            f"data.mixture ({spec.label}): natural_instructions reads split train, test or all, not {split}"
+        )
     if split == "test" and not tests:
-        raise FinetuneError(f"data.mixture ({spec.label}): split test needs files.test_tasks, the held-out task list")
+        raise FinetuneError(
+            f"data.mixture ({spec.label}): split test needs files.test_tasks, the held-out task list (split all "
+            "reads every task file)"
+        )
     examples, skipped, found = [], Counter(), []
     for path in files["tasks"]:
         name = _task_name(path)
-        if (name in tests) != (split == "test") or (spec.tasks is not None and name not in spec.tasks):
+        if split != "all" and (name in tests) != (split == "test"):
+            continue
+        if spec.tasks is not None and name not in spec.tasks:
             continue
         found.append(name)
         task = json.loads(path.read_text(encoding="utf-8"))
@@ -298,9 +306,10 @@ def _ni_files(spec: SourceSpec) -> dict[str, Any]:
         files = dict(mirrored.files)
     if "tasks" not in files:
         raise FinetuneError(
-            f"data.mixture ({spec.label}): natural_instructions needs files.tasks, a glob of task files"
+            f"data.mixture ({spec.label}): natural_instructions needs files.tasks, a folder or a glob of task files"
         )
-    found: dict[str, Any] = {"tasks": sorted(map(Path, glob.glob(str(files["tasks"]))), key=_task_name)}
+    pattern = Path(files["tasks"]) / "*.json" if Path(files["tasks"]).is_dir() else files["tasks"]  # a folder: all
+    found: dict[str, Any] = {"tasks": sorted(map(Path, glob.glob(str(pattern))), key=_task_name)}
     if "test_tasks" in files:
         found["test_tasks"] = files["test_tasks"]
     return found

@@ -28,7 +28,7 @@ from finetune.model import build_model
 from finetune.plots import plot_training
 from finetune.prepare import Prepared, checked, prepare, tokenize_splits
 from finetune.recipe import Recipe
-from finetune.recipe.schema import ReaderSpec
+from finetune.recipe.data_section import ReaderSpec
 from finetune.rundir import (
     METRICS_FILE,
     check_resumable,
@@ -41,6 +41,7 @@ from finetune.rundir import (
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
 from finetune.tasks import Task
+from finetune.tracking import Trackers
 from finetune.validate import Report
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,13 @@ def _train_in(
             plot_lengths(data_report["lengths"], run_dir)
         if data_report["mixture"]:
             write_json(run_dir / MIXTURE_FILE, data_report["mixture"])
-    state = engine.train()
+    trackers = Trackers(
+        recipe.train.report_to, run_dir, recipe.name, recipe.model_dump(mode="json"), engine.state.global_step
+    )
+    try:
+        state = engine.train(trackers)
+    finally:
+        trackers.finish()
     metrics = {
         **engine.save_final(),
         "train_runtime_s": round(state.train_seconds, 2),

@@ -56,6 +56,7 @@ class Window:
         self.pending_samples = 0
         self.clock = time.perf_counter()
         self.timed: list[tuple[int, float]] = []  # (step, training seconds) at the first steps of this process
+        self.grad_norm: torch.Tensor | None = None
 
     def time_steps(self, state: TrainState, total_steps: int) -> None:
         """After the first steps of this process (the very first is a warm-up), log the expected training time."""
@@ -75,9 +76,10 @@ class Window:
                 last,
             )
 
-    def add(self, loss: torch.Tensor, samples: int) -> None:
+    def add(self, loss: torch.Tensor, samples: int, grad_norm: torch.Tensor | None) -> None:
         self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
         self.pending_samples += samples
+        self.grad_norm = grad_norm  # the last step's, before clipping (as the HF Trainer logs it)
 
     def take_time(self) -> float:
         elapsed, self.pending_samples = time.perf_counter() - self.clock, 0

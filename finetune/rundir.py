@@ -165,6 +165,7 @@ RESUMABLE_CHANGES = (
     "description",
     "output_dir",
     "train.log_every",
+    "train.report_to",
     "train.save_every",
     "train.keep_checkpoints",
     "train.eval_batch_size",

@@ -19,7 +19,7 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.mirrors import LineFiles, as_paths, resolve_dataset
-from finetune.recipe.schema import DataSpec, ReaderSpec
+from finetune.recipe.data_section import DataSpec, ReaderSpec
 
 FORMATS_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 

@@ -20,6 +20,8 @@ from finetune.labels import infer_labels
 from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, resolve_model
 from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
+from finetune.tracking import missing_trackers
+from finetune.transforms import partition, plan, transform_rows
 
 QUANT_BLOCK = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
 WIDTH_KEYS = (
@@ -67,6 +69,8 @@ def check(recipe: Recipe, training: bool = True) -> Report:
             step(recipe, report)
         except FinetuneError as exc:
             report.problems.extend(exc.problems)
+    if training:
+        report.problems.extend(missing_trackers(recipe.train.report_to))
     return report
 
 
@@ -222,15 +226,28 @@ def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
     splits = {"train_split": recipe.data.train_split} if training else {}
     splits["eval_split"] = recipe.data.eval_split
     first = next(iter(splits.values()))  # the split whose labels name the classes
-    for key, split in splits.items():
+    planned = plan(recipe.data, {key.removesuffix("_split"): split for key, split in splits.items()})
+    for key, (split, _) in planned.items():
         if split not in source.files:
-            raise FinetuneError(f"data.{key}: no split {split!r} (splits: {', '.join(source.files)})")
-    rows = {
-        split: list(read_rows(source, split, source.format_of(split, recipe.data.format))) for split in splits.values()
-    }
+            raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
+    whole = {}
+    for key, (split, _) in planned.items():
+        if split not in whole:
+            read = list(read_rows(source, split, source.format_of(split, recipe.data.format)))
+            if not read:
+                raise FinetuneError(f"data.{key}_split: split {split!r} is empty ({source.named(split)})")
+            whole[split] = transform_rows(recipe.data.transforms, split, read)
+            if not whole[split]:
+                raise FinetuneError(f"data.transforms: no row of split {split!r} is left")
+    rows = {}
+    for key, (split, part) in planned.items():
+        taken = (
+            whole[split]
+            if part is None
+            else [whole[split][i] for i in partition(len(whole[split]), recipe.data.split)[part]]
+        )
+        rows[splits[f"{key}_split"]] = taken
     for key, split in splits.items():
-        if not rows[split]:
-            raise FinetuneError(f"data.{key}: split {split!r} is empty ({source.named(split)})")
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if task.has_classes:
         _check_label_kinds(task.label, first, rows[first])

@@ -78,7 +78,7 @@ class HubStandIn:
                     modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
                     self._reply(200, {"files": modes})
                 elif path.endswith("/commit/main") and refuse_commits:
-                    self._reply(500, {"error": f"cannot commit for {self.headers.get('Authorization')}"})
+                    self._reply(403, {"error": f"cannot commit for {self.headers.get('Authorization')}"})
                 elif path.endswith("/commit/main"):
                     for line in body.decode().splitlines():
                         item = json.loads(line)

@@ -186,7 +186,8 @@ def test_push_uploads_the_adapter_and_card_and_never_shows_the_token(lora_run, t
         "tokenizer.json",
     } <= uploaded
     assert not any(p.startswith(("checkpoints/", "best/")) for p in uploaded)
-    assert uploaded <= {p.name for p in run_dir.iterdir()}
+    assert {p.split("/")[0] for p in uploaded} <= {p.name for p in run_dir.iterdir()}
+    assert any(p.startswith("tensorboard/events.out.tfevents") for p in uploaded)  # the Hub's Training metrics tab
     assert 'PeftModel.from_pretrained(base, "someone/sst2-lora")' in hub.recorded.files["README.md"].decode()
     writes = [r for r in hub.recorded.requests if r["path"].startswith(("/api/repos/create", "/api/models/"))]
     assert len(writes) >= 3 and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in writes)

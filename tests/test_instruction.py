@@ -5,6 +5,7 @@ task, packing without cross-contamination, and bad input as one line or a counte
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from conftest import REPO, SHARED_DATA, SMOLLM2, run_cli
@@ -14,7 +15,7 @@ from finetune.errors import FinetuneError
 from finetune.instructions import NI_TEMPLATES, load_mixture, mix, read_source
 from finetune.losses import IGNORE
 from finetune.recipe import load_recipe, validate_dict
-from finetune.recipe.schema import SourceSpec
+from finetune.recipe.data_section import SourceSpec
 from finetune.tasks import Instruction, build_task
 
 NI_TASKS = SHARED_DATA / "instruct" / "natural_instructions"
@@ -314,3 +315,18 @@ def test_zero_shot_generation_and_predict(tiny_llama, tmp_path):
     for path in (prompts, chats):
         [record] = predict(out, path)
         assert isinstance(record["prediction"], str)
+
+
+def test_natural_instructions_folder_read_whole_without_a_task_list(tmp_path):
+    """A folder of task files, no held-out list: split all evaluates every task in it; split test asks for the
+    list in one line."""
+    names = ["task1344_glue_entailment_classification", "task1393_superglue_copa_text_completion"]
+    for name in names:
+        (tmp_path / f"{name}.json").symlink_to(NI_TASKS / "tasks" / f"{name}.json")
+    spec = SourceSpec(files={"tasks": str(tmp_path)}, format="natural_instructions", split="all", max_examples=3)
+    examples, _, _ = read_source(spec, "all", None, 0, seed=0)
+    counts = Counter(e["task"] for e in examples)
+    expected = {n: len(json.loads((tmp_path / f"{n}.json").read_text())["Instances"]) for n in names}
+    assert counts == expected
+    with pytest.raises(FinetuneError, match="split test needs files.test_tasks"):
+        read_source(spec, "test", None, 0, seed=0)

@@ -134,7 +134,7 @@ def test_best_weights_come_from_the_checkpoint_a_resume_starts_from(tmp_path, ti
     kept = weights(run / "checkpoints" / "step-4" / "best")  # the best as of step 4, linked into the checkpoint
     (run / "best" / "model.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
     with monkeypatch.context() as patch:  # resume, and stop before the first step
-        patch.setattr(Engine, "train", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        patch.setattr(Engine, "train", lambda self, *_: (_ for _ in ()).throw(KeyboardInterrupt))
         assert run_cli("train", recipe, f"output_dir={run}", "--resume").exit_code == 130
     restored = weights(run / "best")
     assert [k for k in kept if not torch.equal(kept[k], restored[k])] == []

@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
-from finetune.recipe.schema import EVALUATE_ONLY, KEY_ALIASES, Recipe
+from finetune.recipe.data_section import EVALUATE_ONLY
+from finetune.recipe.schema import KEY_ALIASES, Recipe
+from finetune.recipe.transforms import TRANSFORM_ERROR, TRANSFORMS
 from finetune.specs import SPEC_BY_TYPE
 from finetune.specs.distillation import DistillationSpec
 
@@ -113,25 +115,26 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    name = str(path) if str(path).isprintable() else repr(str(path))  # a name with a newline stays one line
     if path.is_dir():
-        raise FinetuneError(f"{path}: a folder, not a recipe file")
+        raise FinetuneError(f"{name}: a folder, not a recipe file")
     if not path.is_file():
-        raise FinetuneError(f"{path}: recipe file not found")
+        raise FinetuneError(f"{name}: recipe file not found")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
-        raise FinetuneError(f"{path}: not a UTF-8 text file") from None
+        raise FinetuneError(f"{name}: not a UTF-8 text file") from None
     except RecursionError:
-        raise FinetuneError(f"{path}: nested too deeply to be a recipe") from None
+        raise FinetuneError(f"{name}: nested too deeply to be a recipe") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FinetuneError(f"{path}:{where}: malformed YAML: {problem}") from None
+        raise FinetuneError(f"{name}:{where}: malformed YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise FinetuneError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+        raise FinetuneError(f"{name}: a recipe is a mapping of keys to values, got {type(data).__name__}")
     return data
 
 
@@ -189,10 +192,13 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 def _describe(err: dict[str, Any]) -> str:
     """One line for one pydantic error: the dotted path, then what is wrong."""
+    transform = None
     loc, tags = [], []  # a task type's tag follows `task` (and a distillation's `student`) in pydantic's path
     for part in map(str, err["loc"]):
         if loc and loc[-1] in ("task", "student") and part in SPEC_BY_TYPE:
             tags.append(part)
+        elif len(loc) >= 2 and loc[-2] == "transforms" and part in TRANSFORMS and not transform:
+            transform = part  # pydantic's tag, then the transform's own key: named once
         else:
             loc.append(part)
     kind = tags[-1] if tags else None
@@ -208,12 +214,28 @@ def _describe(err: dict[str, Any]) -> str:
         match = difflib.get_close_matches(tag, list(SPEC_BY_TYPE), n=1, cutoff=0.6)
         hint = f"; did you mean {match[0]}?" if match else f" (one of {', '.join(SPEC_BY_TYPE)})"
         return f"{path}.type: {tag!r} is not a task type{hint}"
+    if err["type"] == TRANSFORM_ERROR:
+        return f"{path}: {_not_a_transform(err['input'])}"
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error":
-        return message  # raised by our own validators, which name the field
+    if err["type"] == "value_error":  # raised by our own validators, which name the field
+        return (
+            message.replace("data.transforms (", f"data.transforms.{loc[2]} (", 1) if "transforms" in loc else message
+        )
     shown = err.get("input")
     value = f" (got {shown!r})" if not isinstance(shown, dict | list) and shown is not None else ""
     return f"{path or 'recipe'}: {message}{value}"
+
+
+def _not_a_transform(value: Any) -> str:
+    """Why a `data.transforms` entry names no transform."""
+    kinds = ", ".join(TRANSFORMS)
+    if isinstance(value, dict) and len(value) > 1:
+        return f"one transform per entry, got {', '.join(map(str, value))} (write each as its own - item)"
+    if isinstance(value, dict) and value:
+        name = str(next(iter(value)))
+        match = difflib.get_close_matches(name, list(TRANSFORMS), n=1, cutoff=0.6)
+        return f"{name!r} is not a transform" + (f"; did you mean {match[0]}?" if match else f" (one of {kinds})")
+    return f"a transform is a mapping of one key, e.g. {{rename: {{old: new}}}} (one of {kinds})"
 
 
 def _key_hint(loc: list[str], kind: str | None, tags: list[str]) -> str:
@@ -242,7 +264,12 @@ def _nearest_key(loc: list[str], tags: list[str] = ()) -> str | None:
     types along it (a task's, then a distillation student's)."""
     model: type[BaseModel] = Recipe
     types = iter(tags)
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
+        if i and loc[i - 1] == "transforms" and part.isdigit():  # an entry of data.transforms: its kind follows
+            if loc[i + 1] not in TRANSFORMS:
+                return None
+            model = TRANSFORMS[loc[i + 1]]
+            continue
         field = model.model_fields.get(part)
         tag = (
             next(types, None) if part in ("task", "student") and issubclass(model, (Recipe, DistillationSpec)) else None
@@ -251,7 +278,7 @@ def _nearest_key(loc: list[str], tags: list[str] = ()) -> str | None:
         if inner is None:
             return None
         model = inner
-    candidates = {name: name for name in model.model_fields}
+    candidates = {field.alias or name: field.alias or name for name, field in model.model_fields.items()}
     candidates.update({alias: name for alias, name in KEY_ALIASES.items() if name in model.model_fields})
     match = difflib.get_close_matches(loc[-1], list(candidates), n=1, cutoff=0.6)
     return ".".join(loc[:-1] + [candidates[match[0]]]) if match else None

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from finetune.recipe.schema import Recipe
+from finetune.recipe.transforms import TRANSFORMS
 from finetune.specs import TaskSpecBase
 from finetune.specs.base import FAMILY_ORDER
 
@@ -23,15 +24,21 @@ Every key is optional unless its default says *required*. Unknown keys are error
 def schema_markdown() -> str:
     """Every recipe option as Markdown tables, one per section (and one per task type)."""
     parts = [HEADER]
+    wrappers = set(TRANSFORMS.values())
     for path, model in _sections("", Recipe):
+        if model in wrappers and _sections_of(next(iter(model.model_fields.values())).annotation):
+            continue  # a transform holding a section: the section's table names it
         kind = model.model_fields["type"].annotation.__args__[0] if issubclass(model, TaskSpecBase) else None
         title = f"`{path}` with `type: {kind}`" if kind else f"`{path or 'top level'}`"
+        if path.startswith("data.transforms"):
+            name = path.rpartition(".")[2] if model not in wrappers else next(iter(model.model_fields))
+            title = f"`data.transforms` entry `- {name}:`"
         parts.append(f"\n## {title}\n\n{_about(model)}\n")
         parts.append("| key | type | default | description |\n|---|---|---|---|")
         for name, field in model.model_fields.items():
             if kind and name == "type":
                 continue
-            key = f"{path}.{name}" if path else name
+            key = f"{path}.{field.alias or name}" if path else name
             parts.append(
                 f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {field.description or ''} |"
             )
