@@ -16,7 +16,7 @@ endif
 # Hub model ids resolve to local copies in this mirror first: `make setup` links the packaged MiniLM there.
 export FINETUNE_MODEL_MIRROR ?= $(abspath $(MODEL_MIRROR))
 
-.PHONY: setup finetune test bench bench-reliability docs
+.PHONY: setup finetune test bench bench-reliability bench-sweeps docs
 setup:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
@@ -41,6 +41,10 @@ bench:
 # Every kill point of tests/kills.py on every workload (the suite runs the fast ones); a few minutes on 2 cores.
 bench-reliability:
 	$(PYTHON) bench/reliability.py
+
+# Learning curves with finetune sweep (MiniLM-L6 on SST-2 and RTE); about 40 minutes on 2 cores.
+bench-sweeps:
+	$(PYTHON) bench/sweeps.py
 
 docs:
 	$(VENV)/bin/finetune recipe --schema > docs/recipe.md

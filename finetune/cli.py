@@ -32,6 +32,10 @@ EXAMPLES = {
   finetune eval recipes/smollm2/copa-smollm2.yaml --zero-shot
   finetune eval recipes/smollm2/rte-smollm2.yaml --zero-shot data.max_eval_samples=200
   finetune eval recipes/seq2seq/dialogsum-smollm2.yaml --zero-shot --predictions dialogsum.jsonl""",
+    "sweep": """examples:
+  finetune sweep recipes/glue/sst2-minilm.yaml --fractions 0.003,0.01,0.03,0.1 --seeds 3
+  finetune sweep recipes/glue/rte-minilm.yaml --fractions 1 --seeds 3 --set train.lr=2e-5,5e-5,1e-4 --jobs 2
+  (run the same command again to finish an interrupted sweep: finished cells are read back)""",
     "validate": """examples:
   finetune validate recipes/glue/*.yaml
   finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
@@ -78,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key.path=value")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty run folder")
+
+    sweep = command("sweep", "Train a recipe over training-set fractions x seeds x settings; write the learning curve.")
+    sweep.add_argument("recipe", type=Path)
+    sweep.add_argument("overrides", nargs="*", metavar="key.path=value", help="applied to every cell")
+    sweep.add_argument("--fractions", default="1", help="shares of the training split, e.g. 0.01,0.1,1 (default 1)")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per cell, counted from train.seed (default 1)")
+    sweep.add_argument(
+        "--set", dest="grid", action="append", default=[], metavar="key.path=v1,v2", help="a setting's values"
+    )
+    sweep.add_argument("--jobs", type=int, default=1, help="cells trained at once, as processes (default 1)")
+    sweep.add_argument("--output", type=Path, help="the sweep folder (default runs/<recipe name>/sweep)")
+    sweep.add_argument("--zero-shot", action="store_true", help="also score the base model zero-shot (decoders, T5)")
 
     evaluate = command(
         "eval",
@@ -201,6 +217,23 @@ def _train(args: argparse.Namespace) -> CliResult:
     return CliResult(0, result.metrics, result.run_dir)
 
 
+def _sweep(args: argparse.Namespace) -> CliResult:
+    from finetune.sweep import run_sweep
+    from finetune.sweep_report import table
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise FinetuneError(f"--fractions: comma-separated numbers, e.g. 0.01,0.1,1 (got {args.fractions})") from None
+    if args.jobs < 1:
+        raise FinetuneError("--jobs: at least one")
+    report = run_sweep(
+        args.recipe, args.overrides, fractions, args.seeds, args.grid, args.output, args.jobs, args.zero_shot
+    )
+    print(table(report), end="")
+    return CliResult(0)
+
+
 def _eval(args: argparse.Namespace) -> CliResult:
     if args.zero_shot:
         from finetune.recipe import load_recipe
@@ -300,6 +333,7 @@ def _recipe(args: argparse.Namespace) -> CliResult:
 
 COMMANDS = {
     "train": _train,
+    "sweep": _sweep,
     "eval": _eval,
     "validate": _validate,
     "inspect": _inspect,

@@ -1,0 +1,71 @@
+"""Learning curves with `finetune sweep`: MiniLM-L6 on SST-2 at five training-set sizes x 3 seeds, and on RTE at
+three sizes x three learning rates x 3 seeds. Writes bench/results/sweeps/<name>.{json,md,png} and
+bench/results/sweeps.md (the commands, the machine, the library versions and the tables).
+
+Usage: python bench/sweeps.py [NAME ...]   (default: every sweep below; a re-run finishes an interrupted one)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from importlib.metadata import version
+
+from glue import REPO, hardware, run_finetune
+
+SWEEPS = {
+    "sst2-minilm": [
+        "recipes/glue/sst2-minilm.yaml",
+        "train.epochs=3",
+        "train.eval_every=100000",  # one evaluation, at the end: the curve's point
+        "--fractions",
+        "0.001,0.003,0.01,0.03,0.1",
+        "--seeds",
+        "3",
+    ],
+    "rte-minilm": [
+        "recipes/glue/rte-minilm.yaml",
+        "--fractions",
+        "0.25,0.5,1",
+        "--seeds",
+        "3",
+        "--set",
+        "train.lr=2e-5,5e-5,1e-4",
+    ],
+}
+RESULTS = REPO / "bench" / "results"
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(SWEEPS):
+        folder = REPO / "runs" / "bench" / f"sweep-{name}"
+        _, wall, command = run_finetune(["sweep", *SWEEPS[name], "--output", str(folder.relative_to(REPO))], name)
+        (RESULTS / "sweeps").mkdir(parents=True, exist_ok=True)
+        for suffix in ("md", "png"):
+            shutil.copy2(folder / f"sweep.{suffix}", RESULTS / "sweeps" / f"{name}.{suffix}")
+        report = json.loads((folder / "sweep.json").read_text())
+        report = {"command": command, "wall_min": round(wall / 60, 1), "hardware": hardware(), **report}
+        (RESULTS / "sweeps" / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    sections = []
+    for name in SWEEPS:
+        stored = RESULTS / "sweeps" / f"{name}.json"
+        if stored.is_file():
+            report = json.loads(stored.read_text())
+            body = (RESULTS / "sweeps" / f"{name}.md").read_text().split("\n", 2)[2]
+            sections.append(
+                f"## {name}\n\n`{report['command']}` ({report['wall_min']} min on {report['hardware']}; a re-run "
+                f"reads finished cells back)\n\n{body}\n![{name}](sweeps/{name}.png)\n"
+            )
+    versions = ", ".join(f"{p} {version(p)}" for p in ("transformers", "datasets", "accelerate"))
+    header = (
+        "# Learning curves (`make bench-sweeps`)\n\n"
+        f"Libraries: {versions}. Each cell is a full `finetune train` run; the mean over seeds ± the sample standard "
+        "deviation (min and max in the json, the band in the plot); majority: always predicting the training "
+        "split's most frequent class.\n\n"
+    )
+    (RESULTS / "sweeps.md").write_text(header + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
