@@ -50,7 +50,7 @@ def bench_main(argv: list[str], known: list[str], execute, results: Path, table_
 
 
 def parse_metrics_line(stdout: str) -> dict:
-    """The CLI's last line, `accuracy 0.56  accuracy_unnormalized 0.65  num_examples 100`, as numbers."""
+    """The CLI's last line, `accuracy 0.56  acc 0.65  acc_norm 0.6  num_examples 100`, as numbers."""
     parts = stdout.strip().splitlines()[-1].split()
     return {name: float(value) for name, value in zip(parts[::2], parts[1::2])}
 

@@ -150,7 +150,7 @@ def _cell(result: dict | None, metric: str) -> str:
         if "accuracy" not in result and metric not in result:
             return "-"
         value = result.get(metric, result.get("accuracy"))
-        unnormalised = result.get("accuracy_unnormalized") if metric == "accuracy" else None
+        unnormalised = result.get("acc", result.get("accuracy_unnormalized")) if metric == "accuracy" else None
         extra = f" ({unnormalised * 100:.1f} unnorm.)" if unnormalised is not None else ""
         return f"{value * 100:.1f}{extra}"
     return f"{result[metric] * 100:.1f}"

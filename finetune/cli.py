@@ -289,7 +289,7 @@ def _inspect(args: argparse.Namespace) -> CliResult:
     from finetune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    ready = prepare(recipe, checked(recipe))
+    ready = prepare(recipe, checked(recipe), keep_lengths=True)
     split = ready.splits[args.split]
     for index in range(min(args.n, len(split))):
         print(render_example(index, split[index], ready.tokenizer, ready.task), end="\n\n")

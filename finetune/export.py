@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from pydantic import ValidationError
 
@@ -27,7 +28,20 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 # What a run folder uploads: the model or adapter, its head, the tokenizer, the card, recipe, metrics and curves.
-UPLOAD_IGNORE = ["checkpoints/*", "best/*", ".*", "*/.*", "eval_*.json", "log.jsonl"]
+# the run's own hidden files (its marker, half-written folders) stay home; .eval_results/ goes up
+UPLOAD_IGNORE = [
+    "checkpoints/*",
+    "best/*",
+    ".finetune-run",
+    ".tmp-*",
+    "*/.tmp-*",
+    ".old-*",
+    ".final/*",
+    "*.tmp",
+    "eval_*.json",
+    "log.jsonl",
+]
+EVAL_RESULTS_DIR = ".eval_results"  # the Hub's evaluation results: shown on the model page, gathered by benchmarks
 HUB_ORIGINS = ("hub", "mirror")  # the bases that are the Hub's own weights (a mirror holds them as the user vouches)
 
 
@@ -74,7 +88,24 @@ def write_model_card(
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     path = run_dir / CARD_FILE
     card.save(path)
+    if dataset and metric_names:
+        _write_eval_results(run_dir, recipe, metric_names[0], metrics[metric_names[0]])
     return path
+
+
+def _write_eval_results(run_dir: Path, recipe: Recipe, metric: str, value: float) -> None:
+    """`.eval_results/<dataset>.yaml`, the Hub's format: one score on a Hub dataset (its leaderboard gathers it
+    when the dataset is a registered benchmark), the selection metric on the evaluation split."""
+    data = recipe.data
+    entry = {
+        "dataset": {"id": data.source, **({"task_id": data.subset} if data.subset else {})},
+        "value": value,
+        "notes": f"{metric} on the {data.eval_split} split, fine-tuned with finetune ({recipe.task.type})",
+    }
+    folder = run_dir / EVAL_RESULTS_DIR
+    folder.mkdir(exist_ok=True)
+    name = data.subset or data.source.rpartition("/")[2]
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump([entry], sort_keys=False), encoding="utf-8")
 
 
 def _base_of(run_dir: Path, recipe: Recipe) -> dict[str, Any]:

@@ -21,6 +21,12 @@ def get_field(row: dict[str, Any], path: str) -> Any:
     return value
 
 
+def with_field(row: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `row` with the field at the dotted `path` set to `value`."""
+    head, _, rest = path.partition(".")
+    return {**row, head: with_field(row.get(head) or {}, rest, value) if rest else value}
+
+
 def field_or_none(row: dict[str, Any], path: str) -> Any:
     """The field at `path`, or None where the row lacks it."""
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from finetune.columns import PROMPT_LENGTH
+from finetune.columns import PROMPT_LENGTH, TOTAL_LENGTH
 from finetune.tasks import Task
 
 LAYOUT_ROWS = ("token_type_ids", "attention_mask")
@@ -32,7 +32,14 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
     grouped = bool(ids) and isinstance(ids[0], list)
     sequences = range(len(ids)) if grouped else [None]
     sizes = [len(ids[i]) for i in sequences] if grouped else [len(ids)]
-    lines = [f"example {index}: {' + '.join(map(str, sizes))} tokens, {_label_text(features.get('labels'), task)}"]
+    totals = features.get(TOTAL_LENGTH)  # tokens before truncation to data.max_length, when kept
+    cut = (
+        [t > n for t, n in zip(totals if grouped else [totals], sizes)] if totals is not None else [False] * len(sizes)
+    )
+    header = f"example {index}: {' + '.join(map(str, sizes))} tokens, {_label_text(features.get('labels'), task)}"
+    if not grouped and cut[0]:
+        header += f" (TRUNCATED from {totals} tokens)"
+    lines = [header]
     for i in sequences:
         layout = {
             name: features[name] if i is None else features[name][i]
@@ -40,7 +47,7 @@ def render_example(index: int, features: dict[str, Any], tokenizer: PreTrainedTo
             if name in features
         }
         if grouped:
-            lines.append(f" {task.group_name} {i}:")
+            lines.append(f" {task.group_name} {i}:" + (f" (TRUNCATED from {totals[i]} tokens)" if cut[i] else ""))
         rows = {"token": tokenizer.convert_ids_to_tokens(layout.pop("input_ids"))}
         rows.update({name.removesuffix("_ids").replace("attention_mask", "attention"): v for name, v in layout.items()})
         lines += _columns(rows, width=width)

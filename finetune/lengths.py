@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 LENGTHS_PLOT = "lengths.png"
 
 
-def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> tuple[DatasetDict, dict[str, Any]]:
+def take_length_report(
+    tokenized: DatasetDict, task: Task, max_length: int, keep_lengths: bool = False
+) -> tuple[DatasetDict, dict[str, Any]]:
     """Drop skipped examples and the statistics columns; return what they said, per split (for tasks that do not
-    generate, their input tokens only). Raises when a split has nothing left."""
+    generate, their input tokens only, the untruncated counts kept with `keep_lengths`). Raises when a split has
+    nothing left."""
     if any(SKIP not in ds.column_names for ds in tokenized.values()):
-        return input_token_report(tokenized)
+        return input_token_report(tokenized, keep_lengths)
     report, kept = {}, {}
     for key, ds in tokenized.items():
         reasons, cuts = ds[SKIP], ds[TARGET_CUT]  # each column read once: a Dataset builds it on every access
@@ -91,7 +94,7 @@ def take_length_report(tokenized: DatasetDict, task: Task, max_length: int) -> t
     return DatasetDict(kept), report
 
 
-def input_token_report(tokenized: DatasetDict) -> tuple[DatasetDict, dict[str, Any]]:
+def input_token_report(tokenized: DatasetDict, keep_lengths: bool = False) -> tuple[DatasetDict, dict[str, Any]]:
     """Tasks that predict classes, scores or candidates: per split, the input tokens of the rows as read and those
     kept after truncation to data.max_length (every ordering and candidate counted); the column dropped."""
     if any(TOTAL_LENGTH not in ds.column_names for ds in tokenized.values()):
@@ -118,7 +121,7 @@ def input_token_report(tokenized: DatasetDict) -> tuple[DatasetDict, dict[str, A
             held,
             total - held,
         )
-        kept[key] = ds.remove_columns(TOTAL_LENGTH)
+        kept[key] = ds if keep_lengths else ds.remove_columns(TOTAL_LENGTH)
     return DatasetDict(kept), report
 
 

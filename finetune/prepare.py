@@ -54,16 +54,18 @@ def prepare(
     report: Report,
     first: AbstractContextManager[Any] | None = None,
     splits: dict[str, str] | None = None,
+    keep_lengths: bool = False,
 ) -> Prepared:
     """Tokenizer, settled architecture, task and tokenized splits: `splits` by role (default the recipe's train
-    and eval splits; the first one read gives inferred class names). `first` (accelerate's `main_process_first`)
-    lets one process convert, download and tokenize while the others then read its cache."""
+        and eval splits; the first one read gives inferred class names). `first` (accelerate's `main_process_first`)
+        lets one process convert, download and tokenize while the others then read its cache. `keep_lengths` keeps
+    each example's untruncated token count (`finetune inspect` marks the truncated ones)."""
     splits = splits or {"train": recipe.data.train_split, "eval": recipe.data.eval_split}
     with first or nullcontext():
         tokenizer = load_tokenizer(recipe.model, report.model)
         recipe, family = settle_architecture(recipe, report)
         started = time.perf_counter()
-        task, tokenized, data_report = prepare_data(recipe, tokenizer, family, splits)
+        task, tokenized, data_report = prepare_data(recipe, tokenizer, family, splits, keep_lengths)
         seconds = time.perf_counter() - started
     if task.labels and recipe.task.has_classes and recipe.task.labels is None:  # inferred: into recipe.yaml
         recipe = recipe.model_copy(update={"task": recipe.task.with_labels(task.labels)})
@@ -88,7 +90,11 @@ def settle_architecture(recipe: Recipe, report: Report) -> tuple[Recipe, str]:
 
 
 def prepare_data(
-    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, family: str | None, splits: dict[str, str]
+    recipe: Recipe,
+    tokenizer: PreTrainedTokenizerBase,
+    family: str | None,
+    splits: dict[str, str],
+    keep_lengths: bool = False,
 ) -> tuple[Task, Any, dict[str, Any]]:
     """Load, check, cap and tokenize the splits (for decoders, GPT-1's tokens join the tokenizer first); also
     the data report: seq2seq and instruction lengths (skipped rows dropped), an instruction mixture's sources."""
@@ -103,13 +109,13 @@ def prepare_data(
         if average == "binary":
             how = f"binary on the positive class {task.labels[positive]!r} (id {positive} of {task.labels})"
         log.info("f1: %s", how)
-    tokenized, lengths = tokenize_splits(raw, task, tokenizer, recipe)
+    tokenized, lengths = tokenize_splits(raw, task, tokenizer, recipe, keep_lengths)
     data.log_samples(tokenized[first], tokenizer)
     return task, tokenized, {"lengths": lengths, "mixture": mixture}
 
 
 def tokenize_splits(
-    raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+    raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, keep_lengths: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """The splits capped (data.max_*_examples) and tokenized, without skipped rows, and their length report
     (seq2seq; empty for other tasks). `finetune eval` reads a run's split through it with the run's own task."""
@@ -121,4 +127,4 @@ def tokenize_splits(
             raise FinetuneError(
                 f"data.max_length: {recipe.data.max_length} leaves no example in the {key} split once tokenized"
             )
-    return take_length_report(tokenized, task, recipe.data.max_length)
+    return take_length_report(tokenized, task, recipe.data.max_length, keep_lengths)

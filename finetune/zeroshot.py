@@ -5,9 +5,10 @@ log-probabilities of each answer's continuation decide.
 - classification and entailment: the recipe's `task.prompt_template` filled from the row, then each class's
   `task.verbalizer` word.
 
-Both the length-normalised score (mean log-probability per continuation token) and the unnormalised one
-(their sum) pick an answer; accuracy is reported for each, the recipe's other metrics (F1 for MRPC) for the
-normalised one.
+Three scores pick an answer, each reported as an accuracy: the mean log-probability per continuation token
+(`accuracy`, with the recipe's other metrics such as F1 for MRPC), and lm-evaluation-harness's two, so that our
+figures sit beside published ones: the sum (`acc`) and the sum over the candidate's length in characters
+(`acc_norm`).
 
 A text-to-text encoder-decoder (T5, Flan-T5) is scored the way it is evaluated after fine-tuning: the sum of
 each target's log-probabilities given the source (the task prefix and fields, see tasks/text_to_text.py).
@@ -81,21 +82,16 @@ def _score(
     model = AutoModelForCausalLM.from_pretrained(local_checkpoint(report.model), use_safetensors=safe).eval()
     pairs = [(prompt, continuation) for prompt, continuations, _ in questions for continuation in continuations]
     sums, counts = continuation_logprobs(model, tokenizer, pairs, batch_size)
-    normalised, unnormalised, answers, start = [], [], [], 0
-    for _, continuations, answer in questions:
-        total, length = sums[start : start + len(continuations)], counts[start : start + len(continuations)]
-        normalised.append(int(np.argmax(total / length)))
-        unnormalised.append(int(np.argmax(total)))
-        answers.append(answer)
-        start += len(continuations)
+    picks = choose(sums, counts, [continuations for _, continuations, _ in questions])
+    normalised, answers = picks["accuracy"], [answer for _, _, answer in questions]
     classes = (recipe.task.labels or list(recipe.task.verbalizer)) if recipe.task.has_classes else None
     try:  # the classes in the order the answers index them
         f1 = f1_setting(recipe.task, classes, candidates=max(len(c) for _, c, _ in questions))
     except ValueError as exc:
         raise FinetuneError(str(exc)) from None
     metrics = compute_metrics(recipe.task.metric_names, normalised, answers, f1)  # e.g. f1 for MRPC, on normalised
-    metrics["accuracy"] = float(np.mean(np.array(normalised) == answers))
-    metrics["accuracy_unnormalized"] = float(np.mean(np.array(unnormalised) == answers))
+    for name, picked in picks.items():
+        metrics[name] = float(np.mean(np.array(picked) == answers))
     return {**{k: round(v, 6) for k, v in metrics.items()}, "num_examples": len(questions)}
 
 
@@ -112,6 +108,22 @@ def _zero_shot_as_trained(
     score = evaluator(task, accelerator, tokenizer, recipe.generation, tokenized, lambda _: predictions_path)
     metrics = score(run.model, run.loader(tokenized))
     return {**metrics, "num_examples": len(tokenized)}
+
+
+def choose(sums: np.ndarray, counts: np.ndarray, continuations: list[list[str]]) -> dict[str, list[int]]:
+    """Each question's pick (its continuations' log-probability sums and token counts laid end to end), three
+    ways: `accuracy` by the mean log-probability per token; lm-evaluation-harness's `acc` by the sum and
+    `acc_norm` by the sum over the candidate's length in characters (its text without the space before it)."""
+    picks: dict[str, list[int]] = {"accuracy": [], "acc": [], "acc_norm": []}
+    start = 0
+    for texts in continuations:
+        total, tokens = sums[start : start + len(texts)], counts[start : start + len(texts)]
+        chars = np.array([float(len(t[1:] if t.startswith(" ") else t)) for t in texts])
+        picks["accuracy"].append(int(np.argmax(total / tokens)))
+        picks["acc"].append(int(np.argmax(total)))
+        picks["acc_norm"].append(int(np.argmax(total / chars)))
+        start += len(texts)
+    return picks
 
 
 def options_of(row: dict[str, Any], recipe: Recipe, number: int) -> tuple[str, list[str], int]:

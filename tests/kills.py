@@ -26,6 +26,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from finetune.export import EVAL_RESULTS_DIR
 from finetune.rundir import MARKER, STATE_FILE, latest_checkpoint
 
 PathOf = Callable[[tuple], str]
@@ -253,7 +254,7 @@ def leftovers(run_dir: Path) -> list[str]:
     return sorted(
         str(p.relative_to(run_dir))
         for p in run_dir.rglob("*")
-        if (p.name.startswith(".") and p.name != MARKER) or p.suffix == ".tmp"
+        if (p.name.startswith(".") and p.name not in (MARKER, EVAL_RESULTS_DIR)) or p.suffix == ".tmp"
     )
 
 

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import MINILM, REPO, SMOLLM2
 from hub_server import HubStandIn
 from huggingface_hub import ModelCard
+from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.errors import FinetuneError
-from finetune.export import write_model_card
+from finetune.export import UPLOAD_IGNORE, write_model_card
 from finetune.mirrors import base_record, converted_dir, resolve_model
 from finetune.model import build_model
 from finetune.recipe import Recipe, load_recipe, validate_dict
@@ -84,6 +86,10 @@ def test_run_folder_and_card_say_what_the_base_really_is(tmp_path):
     assert f"of `{SMOLLM2}` ({base['about']})" in card.text
     card = ModelCard.load(tmp_path / "minilm" / "README.md")
     assert card.data.base_model == MINILM and card.data.finetune_base["origin"] == "mirror"
+    [result] = yaml.safe_load((tmp_path / "minilm" / ".eval_results" / "rte.yaml").read_text())  # the Hub's format
+    assert result["dataset"] == {"id": "nyu-mll/glue", "task_id": "rte"} and result["value"] == 0.5
+    paths = [".eval_results/rte.yaml", ".finetune-run", ".tmp-best/model.safetensors", "checkpoints/step-4/x", "a.json"]
+    assert list(filter_repo_objects(paths, ignore_patterns=UPLOAD_IGNORE)) == [".eval_results/rte.yaml", "a.json"]
 
 
 def test_validate_fetches_a_hub_config_before_any_weights(tmp_path, monkeypatch):

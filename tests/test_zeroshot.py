@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune.zeroshot import continuation_logprobs
+from finetune.zeroshot import choose, continuation_logprobs
 
 
 def test_continuation_logprobs_match_a_one_at_a_time_computation(tiny_llama):
@@ -27,6 +28,16 @@ def test_continuation_logprobs_match_a_one_at_a_time_computation(tiny_llama):
         assert count == len(c) and abs(total - expected) < 1e-4
 
 
+def test_acc_and_acc_norm_pick_as_lm_evaluation_harness_defines_them():
+    """One question whose three rules disagree: the sum picks B (-4), the mean per token C (-1.5), the mean per
+    character of the candidate's text (the space before it not counted) A (-6 / 20)."""
+    texts = [" " + "a" * 20, " bb", " " + "c" * 12]
+    picks = choose(np.array([-6.0, -4.0, -9.0]), np.array([2, 1, 6]), [texts])
+    assert picks == {"acc": [1], "accuracy": [2], "acc_norm": [0]}
+    # -1 / 1 against -2.5 / 3 picks the second; counting the space (-1 / 2 against -2.5 / 4) would pick the first
+    assert choose(np.array([-1.0, -2.5]), np.array([1, 1]), [[" a", " bbb"]])["acc_norm"] == [1]
+
+
 @pytest.fixture(autouse=True)
 def results_in_tmp(tmp_path, monkeypatch):
     """Zero-shot results go to runs/ under the working folder: a test's own."""
@@ -36,7 +47,8 @@ def results_in_tmp(tmp_path, monkeypatch):
 def test_smollm2_zero_shot_on_real_copa(capsys, smollm2_converted):
     result = run_cli("eval", REPO / "recipes/smollm2/copa-smollm2.yaml", "--zero-shot")
     assert result.exit_code == 0 and result.metrics["num_examples"] == 100
-    assert result.metrics["accuracy_unnormalized"] >= 0.55  # 0.65 measured; chance is 0.5
+    assert result.metrics["acc"] >= 0.55  # 0.65 measured; chance is 0.5
+    assert 0.5 <= result.metrics["acc_norm"] <= 1
     assert 0.5 <= result.metrics["accuracy"] <= 1
 
 

@@ -171,6 +171,13 @@ class PredictorSpec(TaskSpecBase):
         description="T5's task prefix: the text_to_text head writes it before the fields (rte sentence1: ... "
         "sentence2: ...).",
     )
+    truncate: Literal["end", "start", "middle"] = Field(
+        "end",
+        description="Which part of an input too long for data.max_length is cut: end (a pair's longer text loses its "
+        "end, as the tokenizer does), or the first text (a multiple-choice context) loses its start (keeping the "
+        "question after a long article) or its middle (keeping both ends); the second text is cut only when the "
+        "first cannot give enough.",
+    )
 
     @model_validator(mode="after")
     def _text_to_text_writes_words(self) -> PredictorSpec:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from finetune.errors import FinetuneError
-from finetune.fields import answer_index, field_or_none, fill_template, get_field
+from finetune.fields import answer_index, field_or_none, fill_template, get_field, template_fields
 from finetune.specs.base import PredictorSpec, parse_templates, template_keys
 
 
@@ -31,6 +31,11 @@ class MultipleChoiceSpec(PredictorSpec):
     choice_label: str | None = Field(
         None, description="Key of each candidate's name (A, B, ...) that the label column names."
     )
+    truncate_field: str | None = Field(
+        None,
+        description="A field of task.context_template shortened first when the input is too long (e.g. article), "
+        "so that the others (the question) stay whole; task.truncate says which part of it is cut.",
+    )
     label_base: Literal[0, 1] = Field(
         0,
         description="What an integer label counts from: 0 (the first candidate is 0) or 1 (1-based answer keys). "
@@ -53,6 +58,13 @@ class MultipleChoiceSpec(PredictorSpec):
         if isinstance(self.choices, list) and (self.choice_text or self.choice_label):
             raise ValueError("task.choice_text: applies when task.choices names one column holding a list")
         parse_templates(("context_template", self.context_template))
+        if self.truncate_field is not None:
+            fields = template_fields(self.context_template) if self.context_template else []
+            if self.truncate_field not in fields:
+                raise ValueError(
+                    f"task.truncate_field: {self.truncate_field!r} is not a field of task.context_template "
+                    f"({', '.join(fields) or 'no template'})"
+                )
         return self
 
     def fields(self, role: str = "train") -> dict[str, str]:

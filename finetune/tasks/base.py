@@ -132,14 +132,18 @@ class Task:
         """GPT-1's input transformation, the only place it is written.
 
         Encoders use their own tokens: `[CLS] first [SEP] second [SEP]` (the tokenizer's pair encoding).
-        Decoders get `[start] first [delim] second [extract]`, truncated longest-first to fit `max_length`.
+        Decoders get `[start] first [delim] second [extract]`, truncated longest-first to fit `max_length`
+        (`task.truncate: start` or `middle` cuts the first text there instead).
         """
+        first, untruncated = self._fit_first(tokenizer, max_length, first, second)
         if self.gpt1_ids is None:
             texts = [first] if second is None else [first, second]
             encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
             if self.family == "encoder-decoder":  # BART reads the same input in encoder and decoder; no token types
                 encoded.pop("token_type_ids", None)
-            encoded[TOTAL_LENGTH] = untruncated_length(tokenizer, texts, encoded["input_ids"], max_length)
+            encoded[TOTAL_LENGTH] = untruncated or untruncated_length(
+                tokenizer, texts, encoded["input_ids"], max_length
+            )
             return encoded
         ids = self.gpt1_ids
         a = tokenizer(first, add_special_tokens=False)["input_ids"]
@@ -147,7 +151,29 @@ class Task:
         total = len(a) + (2 if b is None else 3 + len(b))
         a, b = _truncate_longest_first(a, b, max_length - (2 if b is None else 3))
         tokens = [ids["start"], *a, *([ids["delim"], *b] if b is not None else []), ids["extract"]]
-        return {"input_ids": tokens, "attention_mask": [1] * len(tokens), TOTAL_LENGTH: total}
+        return {"input_ids": tokens, "attention_mask": [1] * len(tokens), TOTAL_LENGTH: untruncated or total}
+
+    def special_tokens(self, tokenizer: PreTrainedTokenizerBase, pair: bool) -> int:
+        """The tokens the layout adds around one text or a pair."""
+        if self.gpt1_ids is not None:
+            return 3 if pair else 2
+        return tokenizer.num_special_tokens_to_add(pair=pair)
+
+    def _fit_first(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, first: str, second: str | None
+    ) -> tuple[str, int | None]:
+        """`task.truncate: start` or `middle`: the first text cut at the token boundary that leaves room for the
+        rest, and the input's untruncated token count; unchanged (and None) for `end`, which the tokenizer does."""
+        side = getattr(self.spec, "truncate", "end")
+        if side == "end":
+            return first, None
+        other = len(tokenizer(second, add_special_tokens=False)["input_ids"]) if second is not None else 0
+        rest = other + self.special_tokens(tokenizer, second is not None)
+        tokens = tokenizer(first, add_special_tokens=False, return_offsets_mapping=True)
+        total = len(tokens["input_ids"]) + rest
+        if total <= max_length or max_length - rest < 1:  # fits, or the second text must be cut too: longest first
+            return first, total
+        return cut_text(first, tokens["offset_mapping"], max_length - rest, side), total
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
         """Tokenize a batch of raw rows and attach `labels` when the rows have them.
@@ -222,6 +248,17 @@ class Task:
     def describe(self, logits: np.ndarray) -> list[dict[str, Any]]:
         """One readable prediction record per example, for `finetune predict`."""
         raise NotImplementedError
+
+
+def cut_text(text: str, offsets: list[tuple[int, int]], keep: int, side: str) -> str:
+    """`text` cut to its first `keep` tokens (side end), its last (start) or both halves (middle), at the
+    characters the tokenizer's offsets give."""
+    if side == "end":
+        return text[: offsets[keep - 1][1]]
+    if side == "start":
+        return text[offsets[-keep][0] :]
+    head, tail = (keep + 1) // 2, keep // 2
+    return text[: offsets[head - 1][1]] + (" " + text[offsets[-tail][0] :] if tail else "")
 
 
 def untruncated_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], ids: list[int], max_length: int) -> int:

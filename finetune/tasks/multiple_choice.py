@@ -13,8 +13,9 @@ import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from finetune.batching import GroupCollator
-from finetune.columns import CHOICE_MASK
-from finetune.tasks.base import Task, batch_rows, softmax
+from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
+from finetune.fields import get_field, with_field
+from finetune.tasks.base import Task, batch_rows, cut_text, softmax
 
 
 class MultipleChoice(Task):
@@ -36,13 +37,36 @@ class MultipleChoice(Task):
         features: dict[str, list] = {}
         for number, row in enumerate(batch_rows(batch)):
             texts, _ = self.spec.candidates_of(row)
-            context = self.spec.context_of(row)
+            context, removed = self._context(row, texts, tokenizer, max_length)
             pairs = [self.encode(tokenizer, max_length, context, text) for text in texts]
+            for pair in pairs:
+                pair[TOTAL_LENGTH] += removed
             for key in pairs[0]:
                 features.setdefault(key, []).append([pair[key] for pair in pairs])  # k sequences
             if self.spec.label.split(".")[0] in row:
                 features.setdefault("labels", []).append(self.encode_label(row, number))
         return features
+
+    def _context(
+        self, row: dict[str, Any], texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> tuple[str, int]:
+        """The row's context and the tokens taken out of it: with `task.truncate_field`, that field shortened
+        (on the side `task.truncate` names) so that the rest of the template and the longest candidate fit."""
+        field = self.spec.truncate_field
+        if field is None:
+            return self.spec.context_of(row), 0
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        value = str(get_field(row, field))
+        rest = count(self.spec.context_of(with_field(row, field, ""))) + max(map(count, texts))
+        keep = max_length - rest - self.special_tokens(tokenizer, pair=True)
+        tokens = tokenizer(value, add_special_tokens=False, return_offsets_mapping=True)
+        if len(tokens["input_ids"]) <= keep or keep < 1:
+            return self.spec.context_of(row), 0
+        cut = cut_text(value, tokens["offset_mapping"], keep, self.spec.truncate)
+        return self.spec.context_of(with_field(row, field, cut)), len(tokens["input_ids"]) - keep
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None) -> GroupCollator:
         return GroupCollator(tokenizer.pad_token_id, pad_to_multiple_of)

@@ -1,0 +1,87 @@
+"""Which part of a too-long input is cut (task.truncate, task.truncate_field): the tokens kept are the ones asked
+for, the input fits data.max_length, the untruncated count is the whole input's, and inspect marks the cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import recipe_file, run_cli
+from transformers import AutoTokenizer
+
+from finetune.columns import TOTAL_LENGTH
+from finetune.recipe import validate_dict
+from finetune.tasks import build_task
+
+ARTICLE = " ".join(f"word{i}" for i in range(60))  # far longer than the limit below
+QUESTION = "which colour was the cat"
+LIMIT = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert):
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def choice_task(**keys):
+    spec = {"type": "multiple_choice", "context_template": "{article} {question}", "choices": ["a", "b"], **keys}
+    return build_task(validate_dict({"model": "x/y", "task": spec, "data": {"source": "x/y"}}).task)
+
+
+def words(tokenizer, ids) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_the_question_survives_when_the_article_is_cut_first(tokenizer):
+    row = {"article": ARTICLE, "question": QUESTION, "a": "black", "b": "a very pale ginger", "label": 0}
+    batch = {key: [value] for key, value in row.items()}
+    whole = len(tokenizer(f"{ARTICLE} {QUESTION}", "a very pale ginger")["input_ids"])  # the longer candidate
+    default = choice_task().format(batch, tokenizer, LIMIT)
+    assert QUESTION not in words(tokenizer, default["input_ids"][0][0])  # the tokenizer cuts the end: the question
+    for side, kept in (("end", "word0 word1"), ("start", "word58 word59"), ("middle", "word0 word1")):
+        cut = choice_task(truncate_field="article", truncate=side).format(batch, tokenizer, LIMIT)
+        for ids in cut["input_ids"][0]:
+            text = words(tokenizer, ids)
+            assert len(ids) <= LIMIT and QUESTION in text and kept in text, (side, text)
+        assert cut[TOTAL_LENGTH][0][1] == whole  # counted as the whole input, so that it reports truncated
+    middle = words(
+        tokenizer,
+        choice_task(truncate_field="article", truncate="middle").format(batch, tokenizer, LIMIT)["input_ids"][0][1],
+    )
+    assert "word0" in middle and "word59" in middle and "word30" not in middle
+
+
+@pytest.mark.parametrize(("side", "first", "last"), [("start", False, True), ("middle", True, True)])
+def test_a_long_text_keeps_its_end_or_both_ends(tokenizer, side, first, last):
+    spec = {"type": "classification", "text_a": "text", "label": "label", "truncate": side}
+    task = build_task(validate_dict({"model": "x/y", "task": spec, "data": {"source": "x/y"}}).task, ["a", "b"])
+    encoded = task.format({"text": [ARTICLE], "label": ["a"]}, tokenizer, LIMIT)
+    text = words(tokenizer, encoded["input_ids"][0])
+    assert len(encoded["input_ids"][0]) == LIMIT
+    assert ("word0" in text) == first and ("word59" in text) == last
+    assert encoded[TOTAL_LENGTH][0] == len(tokenizer(ARTICLE)["input_ids"])
+
+
+def test_truncate_field_names_a_template_field():
+    with pytest.raises(Exception, match="task.truncate_field: 'story' is not a field of task.context_template"):
+        choice_task(truncate_field="story")
+
+
+def test_inspect_marks_truncated_examples(tmp_path, tiny_bert, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"text": ARTICLE, "label": "a"}) + "\n" + json.dumps({"text": "short", "label": "b"}) + "\n"
+    )
+    recipe = recipe_file(
+        tmp_path,
+        f"""
+model: {tiny_bert}
+task: {{type: classification, text_a: text, label: label}}
+data: {{files: {{train: {rows}, validation: {rows}}}, max_length: {LIMIT}}}
+""",
+    )
+    assert run_cli("inspect", recipe, "-n", "2").exit_code == 0
+    shown = capsys.readouterr().out
+    whole = len(AutoTokenizer.from_pretrained(tiny_bert)(ARTICLE)["input_ids"])
+    assert f"{LIMIT} tokens, label a (id 0) (TRUNCATED from {whole} tokens)" in shown
+    assert shown.count("TRUNCATED") == 1
