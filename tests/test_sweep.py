@@ -4,6 +4,7 @@ reference and the best setting per size agree with values derived here; a second
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter
 
@@ -64,3 +65,20 @@ def test_settings_grid_splits_at_top_level_commas():
     ]
     with pytest.raises(FinetuneError, match="expected key.path=value1,value2"):
         settings_grid(["train.lr"])
+
+
+def test_jobs_train_cells_as_processes(tmp_path, tiny_bert, sst2_rows, capsys):
+    """--jobs 2: two `finetune train` processes at once, each with its share of the cores; a failing cell stops the
+    sweep and names its log."""
+    recipe = tiny_recipe(tmp_path, tiny_bert, sst2_rows, epochs=1, eval_every=1000, report_to=[])
+    output = tmp_path / "sweep"
+    assert run_cli("sweep", recipe, "--seeds", "2", "--jobs", "2", "--output", output).exit_code == 0
+    cells = json.loads((output / "sweep.json").read_text())["cells"]
+    assert [c["seed"] for c in cells] == [42, 43]
+    assert all(c["metrics"]["torch_threads"] == max(1, os.cpu_count() // 2) for c in cells)  # the cores shared
+    capsys.readouterr()
+    failing = ["--set", "train.precision=fp16", "--output", tmp_path / "failing"]  # valid, refused on a CPU
+    assert run_cli("sweep", recipe, "--jobs", "2", *failing).exit_code == 2
+    log = tmp_path / "failing" / "n32-precision=fp16-seed42.log"
+    assert f"sweep: cell n32-precision=fp16-seed42 failed; see {log}" in capsys.readouterr().err
+    assert "fp16 needs a CUDA GPU" in log.read_text()
