@@ -16,7 +16,17 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.recipe.data_section import DataSpec
-from finetune.recipe.transforms import SplitSpec, Transform, transform_kind
+from finetune.recipe.transforms import (
+    AnswerSpec,
+    CastSpec,
+    FilterSpec,
+    JoinSpec,
+    MapSpec,
+    SplitSpec,
+    SplitTextSpec,
+    Transform,
+    transform_kind,
+)
 
 Columns = dict[str, list[Any]]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -127,7 +137,7 @@ def _drop(step: Step, names: list[str]) -> tuple[Columns, list[int]]:
     return {c: v for c, v in step.columns.items() if c not in names}, step.origin
 
 
-def _map(step: Step, spec: Any) -> tuple[Columns, list[int]]:
+def _map(step: Step, spec: MapSpec) -> tuple[Columns, list[int]]:
     table = {_key(k): v for k, v in spec.values.items()}
     mapped = []
     for row, value in enumerate(step.values(spec.column)):
@@ -140,7 +150,7 @@ def _map(step: Step, spec: Any) -> tuple[Columns, list[int]]:
     return {**step.columns, spec.into or spec.column: mapped}, step.origin
 
 
-def _answer(step: Step, spec: Any) -> tuple[Columns, list[int]]:
+def _answer(step: Step, spec: AnswerSpec) -> tuple[Columns, list[int]]:
     names = step.values(spec.names) if spec.names else None
     positions = []
     for row, value in enumerate(step.values(spec.column)):
@@ -162,7 +172,7 @@ def _answer(step: Step, spec: Any) -> tuple[Columns, list[int]]:
     return {**step.columns, spec.into or spec.column: positions}, step.origin
 
 
-def _split_text(step: Step, spec: Any) -> tuple[Columns, list[int]]:
+def _split_text(step: Step, spec: SplitTextSpec) -> tuple[Columns, list[int]]:
     pattern = re.compile(spec.pattern)
     items, names, prefixes = [], [], []
     for row, value in enumerate(step.values(spec.column)):
@@ -180,7 +190,7 @@ def _split_text(step: Step, spec: Any) -> tuple[Columns, list[int]]:
             items.append([p.strip() for p in parts if p.strip()] if value.strip() else [])
             continue
         prefixes.append(head)
-        names.append([name for name in rest[0::2]])
+        names.append(list(rest[0::2]))
         items.append([text.strip() for text in rest[1::2]])
     columns = {**step.columns, spec.into or spec.column: items}
     if spec.names:
@@ -209,12 +219,12 @@ def _explode(step: Step, names: list[str]) -> tuple[Columns, list[int]]:
     return {**columns, **items}, origin
 
 
-def _filter(step: Step, spec: Any) -> tuple[Columns, list[int]]:
+def _filter(step: Step, spec: FilterSpec) -> tuple[Columns, list[int]]:
     test = _condition(step, spec)
     return step.rows([row for row, value in enumerate(step.values(spec.column)) if test(value, row)])
 
 
-def _condition(step: Step, spec: Any) -> Callable[[Any, int], bool]:
+def _condition(step: Step, spec: FilterSpec) -> Callable[[Any, int], bool]:
     op, wanted = spec.op, spec.value
     if op in ("empty", "not empty"):
         return lambda v, _: (v is None or v == [] or (isinstance(v, str) and not v.strip())) == (op == "empty")
@@ -232,7 +242,7 @@ def _condition(step: Step, spec: Any) -> Callable[[Any, int], bool]:
     return compare
 
 
-def _cast(step: Step, spec: Any) -> tuple[Columns, list[int]]:
+def _cast(step: Step, spec: CastSpec) -> tuple[Columns, list[int]]:
     columns = dict(step.columns)
     for column in spec.columns:
         converted = []
@@ -288,7 +298,7 @@ STEPS: dict[str, Callable[[Step, Any], tuple[Columns, list[int]]]] = {
 }
 
 
-def _side_lines(name: str, spec: Any, split: str, rows: int) -> list[str]:
+def _side_lines(name: str, spec: JoinSpec, split: str, rows: int) -> list[str]:
     """A join's side file for `split`, one stripped line per row of the split."""
     if split not in spec.files:
         raise TransformError(f"{name}: no file for split {split!r} in files ({', '.join(spec.files)})")
