@@ -42,7 +42,7 @@ bench:
 bench-reliability:
 	$(PYTHON) bench/reliability.py
 
-# Learning curves with finetune sweep (MiniLM-L6 on SST-2 and RTE); about an hour on 2 cores.
+# Learning curves with finetune sweep (MiniLM-L6 on SST-2 and RTE); about 40 minutes on 2 cores.
 bench-sweeps:
 	$(PYTHON) bench/sweeps.py
 
