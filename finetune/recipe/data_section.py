@@ -121,7 +121,7 @@ class DataSpec(Section):
     split: SplitSpec | None = Field(
         None,
         description="Draw the training and evaluation parts from one labelled split (after the transforms), e.g. "
-        "{from: validation, eval_share: 0.2}; data.train_split and data.eval_split then name no split.",
+        "{from: validation, eval_share: 0.2}; data.train_split and data.eval_split then name its two parts.",
     )
     train_split: str = Field("train", description="Split used for training.")
     eval_split: str = Field("validation", description="Split evaluated during and after training.")
