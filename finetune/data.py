@@ -21,7 +21,7 @@ from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.specs import TaskSpec
 from finetune.tasks import Task
-from finetune.transforms import Transformer, partition, plan, side_files
+from finetune.transforms import Transformer, side_files, split_parts
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,14 @@ def load_splits(recipe: Recipe, splits: dict[str, str]) -> tuple[DatasetDict, di
 def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
     """Load the named splits (`{"train": "train", "eval": "validation"}`) with their source's column names, after
     data.transforms; with data.split, the training and evaluation parts of one split."""
-    planned = plan(spec, splits)
-    read = {split: key for key, (split, _) in reversed(planned.items())}  # each split once, named by its first role
     source = resolve_source(spec)
-    roles = {key: split for split, key in read.items()}
-    loaded = _load_hub(source, roles) if isinstance(source, HubDataset) else _load_local(source, spec, roles)
-    whole = {read_as: _transformed(loaded[key], spec, read_as) for key, read_as in roles.items()}
-    parts = {}
-    for key, (split, part) in planned.items():
-        rows = whole[split]
-        parts[key] = rows if part is None else rows.select(partition(len(rows), spec.split)[part])
-    return DatasetDict(parts)
+
+    def read(key: str, split: str) -> Dataset:
+        one = {key: split}
+        loaded = _load_hub(source, one) if isinstance(source, HubDataset) else _load_local(source, spec, one)
+        return _transformed(loaded[key], spec, split)
+
+    return DatasetDict(split_parts(spec, splits, read, Dataset.select))
 
 
 def _transformed(ds: Dataset, spec: DataSpec, split: str) -> Dataset:
@@ -79,8 +76,6 @@ def _transformed(ds: Dataset, spec: DataSpec, split: str) -> Dataset:
         raise FinetuneError(
             f"data.transforms: split {split!r}: a column mixes kinds of values ({first_line(exc)})"
         ) from None
-    if len(done) == 0:
-        raise FinetuneError(f"data.transforms: no row of split {split!r} is left")
     return done
 
 

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from finetune.errors import FinetuneError
 from finetune.recipe.data_section import DataSpec
@@ -29,6 +29,7 @@ from finetune.recipe.transforms import (
 )
 
 Columns = dict[str, list[Any]]
+Rows = TypeVar("Rows")  # a list of row dicts (validation) or a datasets.Dataset (training)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -329,6 +330,24 @@ def plan(spec: DataSpec, splits: dict[str, str]) -> dict[str, tuple[str, str | N
         key: (spec.split.source, key) if spec.split is not None and roles.get(key) == split else (split, None)
         for key, split in splits.items()
     }
+
+
+def split_parts(
+    spec: DataSpec, splits: dict[str, str], read: Callable[[str, str], Rows], take: Callable[[Rows, list[int]], Rows]
+) -> dict[str, Rows]:
+    """Each role's rows (`splits` by role, e.g. `{"train": "train", "eval": "validation"}`): `read(role, split)`
+    reads a split and applies the transforms, once per split; a role takes it whole, or its data.split part
+    (`take(rows, row_numbers)`). The same for validation's lists of rows and for training's datasets."""
+    whole: dict[str, Rows] = {}
+    found = {}
+    for key, (split, part) in plan(spec, splits).items():
+        if split not in whole:
+            whole[split] = read(key, split)
+            if spec.transforms and len(whole[split]) == 0:
+                raise FinetuneError(f"data.transforms: no row of split {split!r} is left")
+        rows = whole[split]
+        found[key] = rows if part is None else take(rows, partition(len(rows), spec.split)[part])
+    return found
 
 
 def partition(rows: int, spec: SplitSpec) -> dict[str, list[int]]:

@@ -21,7 +21,7 @@ from finetune.mirrors import DATA_MIRROR_ENV, PACKAGED_MODELS, ResolvedModel, re
 from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.tracking import missing_trackers
-from finetune.transforms import partition, plan, transform_rows
+from finetune.transforms import plan, split_parts, transform_rows
 
 QUANT_BLOCK = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
 WIDTH_KEYS = (
@@ -226,27 +226,18 @@ def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
     splits = {"train_split": recipe.data.train_split} if training else {}
     splits["eval_split"] = recipe.data.eval_split
     first = next(iter(splits.values()))  # the split whose labels name the classes
-    planned = plan(recipe.data, {key.removesuffix("_split"): split for key, split in splits.items()})
-    for key, (split, _) in planned.items():
+    by_role = {key.removesuffix("_split"): split for key, split in splits.items()}
+    for key, (split, _) in plan(recipe.data, by_role).items():
         if split not in source.files:
             raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
-    whole = {}
-    for key, (split, _) in planned.items():
-        if split not in whole:
-            read = list(read_rows(source, split, source.format_of(split, recipe.data.format)))
-            if not read:
-                raise FinetuneError(f"data.{key}_split: split {split!r} is empty ({source.named(split)})")
-            whole[split] = transform_rows(recipe.data.transforms, split, read)
-            if not whole[split]:
-                raise FinetuneError(f"data.transforms: no row of split {split!r} is left")
-    rows = {}
-    for key, (split, part) in planned.items():
-        taken = (
-            whole[split]
-            if part is None
-            else [whole[split][i] for i in partition(len(whole[split]), recipe.data.split)[part]]
-        )
-        rows[splits[f"{key}_split"]] = taken
+
+    def read(key: str, split: str) -> list[dict]:
+        found = list(read_rows(source, split, source.format_of(split, recipe.data.format)))
+        if not found:
+            raise FinetuneError(f"data.{key}_split: split {split!r} is empty ({source.named(split)})")
+        return transform_rows(recipe.data.transforms, split, found)
+
+    rows = {by_role[key]: part for key, part in split_parts(recipe.data, by_role, read, _take).items()}
     for key, split in splits.items():
         _check_columns(recipe, split, key.removesuffix("_split"), rows[split][0], source)
     if task.has_classes:
@@ -265,6 +256,10 @@ def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
         problems, notes = task.check_rows(split, key.removesuffix("_split"), rows[split], report.labels)
         report.problems.extend(null_texts(task.fields("input"), split, rows[split]) + problems)
         report.notes.extend(notes)
+
+
+def _take(rows: list[dict], numbers: list[int]) -> list[dict]:
+    return [rows[i] for i in numbers]
 
 
 def null_texts(fields: dict[str, str], split: str, rows: list[dict]) -> list[str]:
