@@ -15,13 +15,23 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from pydantic import ValidationError
 
 from finetune.adapters import ADAPTER_CONFIG, is_adapter_dir
+from finetune.checkpoints import BEST_DIR, FINAL_DIR
 from finetune.errors import FinetuneError, first_line, redact
 from finetune.loaded_run import LoadedRun, load_run
 from finetune.mirrors import PACKAGED, base_record, resolve_model
 from finetune.plots import PLOT_FILE
 from finetune.recipe import Recipe, dump_recipe, load_recipe
 from finetune.recipe.schema import HubSpec
-from finetune.rundir import BASE_FILE, METRICS_FILE, check_writable, find_recipe, write_recipe
+from finetune.rundir import (
+    BASE_FILE,
+    CHECKPOINTS,
+    LOG_FILE,
+    MARKER,
+    METRICS_FILE,
+    check_writable,
+    find_recipe,
+    write_recipe,
+)
 from finetune.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -30,16 +40,16 @@ CARD_FILE = "README.md"
 # What a run folder uploads: the model or adapter, its head, the tokenizer, the card, recipe, metrics and curves.
 # the run's own hidden files (its marker, half-written folders) stay home; .eval_results/ goes up
 UPLOAD_IGNORE = [
-    "checkpoints/*",
-    "best/*",
-    ".finetune-run",
+    f"{CHECKPOINTS}/*",
+    f"{BEST_DIR}/*",
+    MARKER,
     ".tmp-*",
     "*/.tmp-*",
     ".old-*",
-    ".final/*",
+    f"{FINAL_DIR}/*",
     "*.tmp",
     "eval_*.json",
-    "log.jsonl",
+    LOG_FILE,
 ]
 EVAL_RESULTS_DIR = ".eval_results"  # the Hub's evaluation results: shown on the model page, gathered by benchmarks
 HUB_ORIGINS = ("hub", "mirror")  # the bases that are the Hub's own weights (a mirror holds them as the user vouches)

@@ -57,8 +57,8 @@ def prepare(
     keep_lengths: bool = False,
 ) -> Prepared:
     """Tokenizer, settled architecture, task and tokenized splits: `splits` by role (default the recipe's train
-        and eval splits; the first one read gives inferred class names). `first` (accelerate's `main_process_first`)
-        lets one process convert, download and tokenize while the others then read its cache. `keep_lengths` keeps
+    and eval splits; the first one read gives inferred class names). `first` (accelerate's `main_process_first`)
+    lets one process convert, download and tokenize while the others then read its cache. `keep_lengths` keeps
     each example's untruncated token count (`finetune inspect` marks the truncated ones)."""
     splits = splits or {"train": recipe.data.train_split, "eval": recipe.data.eval_split}
     with first or nullcontext():

@@ -52,22 +52,24 @@ class Transformer:
     `batched=True, with_indices=True` signature)."""
 
     def __init__(self, transforms: list[Transform], split: str, rows: int) -> None:
-        self.steps = [(f"data.transforms.{n} ({transform_kind(t)})", t) for n, t in enumerate(transforms)]
+        self.steps: list[tuple[str, str, Any]] = []  # (kind, name in errors, the kind's own settings)
+        for n, transform in enumerate(transforms):
+            kind = transform_kind(transform)
+            self.steps.append((kind, f"data.transforms.{n} ({kind})", getattr(transform, kind)))
         self.split = split
         self.side = {
-            n: _side_lines(name, t.join, split, rows) for n, (name, t) in enumerate(self.steps) if hasattr(t, "join")
+            n: _side_lines(name, spec, split, rows) for n, (kind, name, spec) in enumerate(self.steps) if kind == "join"
         }
 
     def __call__(self, columns: Columns, origin: list[int]) -> Columns:
         columns = dict(columns)
-        for n, (name, spec) in enumerate(self.steps):
-            kind = transform_kind(spec)
+        for n, (kind, name, spec) in enumerate(self.steps):
             step = Step(name, self.split, columns, origin)
             if kind == "join":
-                step.need_absent(spec.join.column)
-                columns[spec.join.column] = [self.side[n][i] for i in origin]
+                step.need_absent(spec.column)
+                columns[spec.column] = [self.side[n][i] for i in origin]
             else:
-                columns, origin = STEPS[kind](step, getattr(spec, kind))
+                columns, origin = STEPS[kind](step, spec)
         return columns
 
 

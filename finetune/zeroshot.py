@@ -118,7 +118,7 @@ def choose(sums: np.ndarray, counts: np.ndarray, continuations: list[list[str]])
     start = 0
     for texts in continuations:
         total, tokens = sums[start : start + len(texts)], counts[start : start + len(texts)]
-        chars = np.array([float(len(t[1:] if t.startswith(" ") else t)) for t in texts])
+        chars = np.array([float(len(t.removeprefix(" "))) for t in texts])
         picks["accuracy"].append(int(np.argmax(total / tokens)))
         picks["acc"].append(int(np.argmax(total)))
         picks["acc_norm"].append(int(np.argmax(total / chars)))
