@@ -17,22 +17,29 @@ from finetune import data
 from finetune.errors import FinetuneError
 from finetune.recipe import load_recipe
 from finetune.recipe.loading import validate_dict
+from finetune.sources import read_rows, resolve_source
 from finetune.transforms import partition, transform_rows
 from finetune.validate import check
 
 
-def recipe_with(tmp_path: Path, model: Path, files: dict, transforms: list, task: dict | None = None, **data_keys):
+def recipe_with(model: Path, files: Path | dict, transforms: list, task: dict | None = None, **data_keys):
+    """A recipe reading `files` (one file: both splits) through `transforms`; multiple choice unless `task`."""
+    if not isinstance(files, dict):
+        files = {"train": str(files), "validation": str(files)}
     task = task or {"type": "multiple_choice", "context": "question", "choices": "options", "label": "answer"}
     return validate_dict(
         {"model": str(model), "task": task, "data": {"files": files, "transforms": transforms, **data_keys}}
     )
 
 
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def rows_both_ways(recipe, split: str = "train") -> list[dict]:
     """The split's rows as training loads them (datasets), checked equal to validation's reading."""
     loaded = data.load_raw(recipe.data, {"train": split})["train"].to_list()
-    from finetune.sources import read_rows, resolve_source
-
     source = resolve_source(recipe.data)
     read = transform_rows(recipe.data.transforms, split, list(read_rows(source, split, source.format_of(split))))
     assert loaded == read
@@ -44,9 +51,8 @@ def test_labels_in_a_side_file_mapped_to_ids(tmp_path, tiny_bert):
     (tmp_path / "valid.tsv").write_text("premise\thypothesis\nA\tB\nC\tD\nE\tF\n")
     (tmp_path / "valid-labels.lst").write_text("2\n1\n2\n")
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(tmp_path / "valid.tsv"), "validation": str(tmp_path / "valid.tsv")},
+        tmp_path / "valid.tsv",
         [
             {"join": {"column": "label", "files": {"train": str(tmp_path / "valid-labels.lst")}}},
             {"map": {"column": "label", "values": {"1": 0, "2": 1}}},
@@ -66,12 +72,10 @@ def test_candidates_in_one_string_and_a_letter_answer(tmp_path, tiny_bert):
         {"question": "3 x 4?", "options": "(A) 12 (B) 15 (C) 7", "correct": "A"},
         {"question": "10 - 3?", "options": "(A) 13 (B) 30 (C) 7", "correct": "c"},
     ]
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = jsonl(tmp_path / "train.jsonl", rows)
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(path), "validation": str(path)},
+        path,
         [
             {"split_text": {"column": "options", "pattern": r"\(([A-E])\)\s*", "names": "letters"}},
             {"answer": {"column": "correct", "style": "letter", "into": "answer"}},
@@ -96,7 +100,6 @@ def test_articles_with_lists_of_questions_become_one_row_each(tmp_path, tiny_ber
         }
         (tmp_path / f"article{n}.json").write_text(json.dumps(record))
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
         {"train": str(tmp_path / "article*.json"), "validation": str(tmp_path / "article0.json")},
         [
@@ -116,9 +119,8 @@ def test_answer_by_one_based_index_or_by_name(tmp_path, tiny_bert):
     """A 1-based answer column, and ARC's answerKey naming an entry of choices.label (letters or digits)."""
     (tmp_path / "q.csv").write_text("question,a,b,c,answer\nx?,1,2,3,3\ny?,4,5,6,1\n")
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(tmp_path / "q.csv"), "validation": str(tmp_path / "q.csv")},
+        tmp_path / "q.csv",
         [{"answer": {"column": "answer", "style": "one_based"}}],
         task={"type": "multiple_choice", "context": "question", "choices": ["a", "b", "c"], "label": "answer"},
     )
@@ -127,11 +129,9 @@ def test_answer_by_one_based_index_or_by_name(tmp_path, tiny_bert):
         {"question": "x", "choices": {"text": ["p", "q"], "label": ["A", "B"]}, "answerKey": "B"},
         {"question": "y", "choices": {"text": ["p", "q", "r"], "label": ["1", "2", "3"]}, "answerKey": "3"},
     ]
-    (tmp_path / "arc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in arc))
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(tmp_path / "arc.jsonl"), "validation": str(tmp_path / "arc.jsonl")},
+        jsonl(tmp_path / "arc.jsonl", arc),
         [{"answer": {"column": "answerKey", "names": "choices.label"}}],
         task={"type": "multiple_choice", "context": "question", "choices": "choices.text", "label": "answerKey"},
     )
@@ -145,12 +145,10 @@ def test_filter_cast_select(tmp_path, tiny_bert):
         {"input": "b", "output": [2.5, 3], "label": -1, "extra": 0},
         {"input": "c", "output": ["x"], "label": 0, "extra": 0},
     ]
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = jsonl(tmp_path / "t.jsonl", rows)
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(path), "validation": str(path)},
+        path,
         [
             {"filter": {"column": "label", "op": ">=", "value": 0}},
             {"cast": {"columns": ["output"], "to": "text"}},
@@ -169,13 +167,11 @@ def test_a_join_after_a_filter_and_across_batches_keeps_its_lines(tmp_path, tiny
     batches of 1,000 rows."""
     count = 2500
     rows = [{"text": f"t{i}", "parts": [i] * (i % 3)} for i in range(count)]
-    path = tmp_path / "big.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = jsonl(tmp_path / "big.jsonl", rows)
     (tmp_path / "gold.lst").write_text("".join(f"g{i}\n" for i in range(count)))
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(path), "validation": str(path)},
+        path,
         [
             {"filter": {"column": "parts", "op": "not empty"}},
             {"explode": ["parts"]},
@@ -193,9 +189,8 @@ def test_side_file_changes_are_not_served_from_the_cache(tmp_path, tiny_bert):
     side = tmp_path / "labels.lst"
     side.write_text("x\ny\n")
     recipe = recipe_with(
-        tmp_path,
         tiny_bert,
-        {"train": str(tmp_path / "t.tsv"), "validation": str(tmp_path / "t.tsv")},
+        tmp_path / "t.tsv",
         [{"join": {"column": "label", "files": {"train": str(side)}}}],
         task={"type": "classification", "text_a": "text", "label": "label"},
     )
