@@ -330,3 +330,8 @@ def test_natural_instructions_folder_read_whole_without_a_task_list(tmp_path):
     assert counts == expected
     with pytest.raises(FinetuneError, match="split test needs files.test_tasks"):
         read_source(spec, "test", None, 0, seed=0)
+    held_out = tmp_path / "test_tasks.txt"
+    held_out.write_text(names[0] + "\n")
+    listed = spec.model_copy(update={"files": {"tasks": str(tmp_path), "test_tasks": str(held_out)}})
+    assert Counter(e["task"] for e in read_source(listed, "all", None, 0, seed=0)[0]) == expected  # the list aside
+    assert {e["task"] for e in read_source(listed, "train", None, 0, seed=0)[0]} == {names[1]}
