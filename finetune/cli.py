@@ -290,9 +290,8 @@ def _inspect(args: argparse.Namespace) -> CliResult:
 
     recipe = load_recipe(args.recipe, args.overrides)
     ready = prepare(recipe, checked(recipe), keep_lengths=True)
-    split = ready.splits[args.split]
-    for index in range(min(args.n, len(split))):
-        print(render_example(index, split[index], ready.tokenizer, ready.task), end="\n\n")
+    for index, row in enumerate(ready.splits[args.split].take(args.n)):  # a streamed split: its first rows
+        print(render_example(index, row, ready.tokenizer, ready.task), end="\n\n")
     return CliResult(0)
 
 

@@ -8,11 +8,11 @@ import json
 import logging
 
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, IterableDataset, Value, load_dataset
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
-from finetune.errors import FinetuneError, first_line
+from finetune.errors import STREAM_LABELS, FinetuneError, first_line
 from finetune.fields import get_field
 from finetune.instructions import load_mixture
 from finetune.labels import infer_labels
@@ -20,6 +20,7 @@ from finetune.recipe.data_section import DataSpec
 from finetune.recipe.schema import Recipe
 from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.specs import TaskSpec
+from finetune.streaming import columns_of, materialized, stream_split
 from finetune.tasks import Task
 from finetune.transforms import Transformer, side_files, split_parts
 
@@ -30,7 +31,7 @@ def load_splits(recipe: Recipe, splits: dict[str, str]) -> tuple[DatasetDict, di
     """The named splits with their columns checked; an instruction recipe's train and eval examples drawn from
     its mixture instead, with the mixture's report (empty for other tasks)."""
     if not recipe.task.reads_mixture:
-        raw = load_raw(recipe.data, splits)
+        raw = load_streamed(recipe.data, splits) if recipe.data.streaming else load_raw(recipe.data, splits)
         check_columns(raw, recipe.task)
         return raw, {}
     examples, report = load_mixture(recipe)
@@ -52,6 +53,22 @@ def load_raw(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
         return _transformed(loaded[key], spec, split)
 
     return DatasetDict(split_parts(spec, splits, read, Dataset.select))
+
+
+def load_streamed(spec: DataSpec, splits: dict[str, str]) -> DatasetDict:
+    """data.streaming: the training split as a stream (its first data.max_train_samples rows); an evaluation split
+    read whole, as without streaming: from local files as they are, from the Hub through a stream (its first
+    data.max_eval_samples rows), so that no other split of it is downloaded."""
+    streamed = {}
+    for key, split in splits.items():
+        if key == "train":
+            stream = stream_split(spec, key, split)
+            streamed[key] = stream.take(spec.max_train_samples) if spec.max_train_samples else stream
+        elif isinstance(resolve_source(spec), HubDataset):
+            streamed[key] = materialized(stream_split(spec, key, split), spec.max_eval_samples)
+        else:
+            streamed[key] = load_raw(spec, {key: split})[key]
+    return DatasetDict(streamed)
 
 
 def _transformed(ds: Dataset, spec: DataSpec, split: str) -> Dataset:
@@ -156,9 +173,11 @@ def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
     if recipe.task.labels:
         return list(recipe.task.labels)
     path = recipe.task.label
-    feature = train.features.get(path)
+    feature = (train.features or {}).get(path)
     if isinstance(feature, ClassLabel):
         return list(feature.names)
+    if isinstance(train, IterableDataset):
+        raise FinetuneError(STREAM_LABELS.format(path=path))
     values = train.unique(path) if "." not in path else [get_field(row, path) for row in train]
     labels = infer_labels(values)
     log.info("task.labels inferred from the train split: %s", labels)
@@ -167,11 +186,12 @@ def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
 
 def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
     """Every column the task reads is present in every split; else name what is there."""
+    present = {key: ds.column_names or columns_of(ds, f"the {key} split") for key, ds in raw.items()}
     problems = [
-        f"task: no column {column!r} in the {key} split (columns: {', '.join(ds.column_names)})"
-        for key, ds in raw.items()
+        f"task: no column {column!r} in the {key} split (columns: {', '.join(present[key])})"
+        for key in raw
         for column in dict.fromkeys(path.split(".")[0] for path in spec.fields(key).values())
-        if column not in ds.column_names
+        if column not in present[key]
     ]
     if problems:
         raise FinetuneError(*problems)
@@ -180,12 +200,13 @@ def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
 def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
     """Apply max_train_samples (a seeded random subset) and max_eval_samples (the first rows)."""
     capped = dict(raw)
-    if spec.max_train_samples and "train" in raw and len(raw["train"]) > spec.max_train_samples:
+    streamed = isinstance(raw.get("train"), IterableDataset)  # capped as it was streamed
+    if spec.max_train_samples and not streamed and "train" in raw and len(raw["train"]) > spec.max_train_samples:
         capped["train"] = raw["train"].shuffle(seed=seed).select(range(spec.max_train_samples))
     if spec.max_eval_samples and "eval" in raw and len(raw["eval"]) > spec.max_eval_samples:
         capped["eval"] = raw["eval"].select(range(spec.max_eval_samples))
     for key, ds in capped.items():
-        if len(ds) == 0:
+        if isinstance(ds, Dataset) and len(ds) == 0:
             raise FinetuneError(f"data.{key}_split: the split is empty")
     return DatasetDict(capped)
 
@@ -219,10 +240,9 @@ def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple:
     )
 
 
-def log_samples(tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, count: int = 2) -> None:
+def log_samples(tokenized: Dataset | IterableDataset, tokenizer: PreTrainedTokenizerBase, count: int = 2) -> None:
     """Log a few formatted examples decoded back to text, so a broken layout shows up at once."""
-    for index in range(min(count, len(tokenized))):
-        row = tokenized[index]
+    for index, row in enumerate(tokenized.take(count)):
         ids = row["input_ids"]
         texts = [tokenizer.decode(seq) for seq in ids] if ids and isinstance(ids[0], list) else [tokenizer.decode(ids)]
         label = row.get("labels")

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import Dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import (
     PreTrainedTokenizerBase,
@@ -36,6 +36,7 @@ from finetune.progress import TrainState, Window, throughput
 from finetune.recipe.schema import TrainSpec
 from finetune.rundir import LOG_FILE, JsonlLog, checkpoint_dirs
 from finetune.stopping import stop_signals
+from finetune.streaming import StreamOrder
 from finetune.tracking import Trackers
 
 log = logging.getLogger(__name__)
@@ -92,29 +93,43 @@ class Engine:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
+        # accelerate dispatches a stream's batches from the main process through a loader it builds without the
+        # generator; without one, starting an epoch (or a resume's skip) would draw from the global RNG (dropout)
+        getattr(self.train_loader, "base_dataloader", self.train_loader).generator = train_loader.generator
         if self.spec.compile:  # in place: the module (and the names of its weights) stays the same
             self.model.compile(dynamic=True)
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum)
+        # a stream (data.streaming) has no length: its recipe sets train.max_steps, and an epoch ends when it does
+        self.sized = not isinstance(train_set, IterableDataset)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.spec.grad_accum) if self.sized else None
         self.total_steps = self.spec.max_steps or math.ceil(self.spec.epochs * self.steps_per_epoch)
         self.scheduler = make_scheduler(self.optimizer, self.spec, self.total_steps)
         self.accelerator.register_for_checkpointing(self.scheduler)
-        self.num_train_samples = len(train_set)
+        self.train_size = len(train_set) if self.sized else None
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         world = self.accelerator.num_processes
         log.info(
-            "batch %d x %d devices (%s) x %d accum = %d/step; %d steps (%d per epoch), warmup %d",
+            "batch %d x %d devices (%s) x %d accum = %d/step; %d steps (%s per epoch), warmup %d",
             self.spec.batch_size,
             world,
             self.accelerator.distributed_type.value,
             self.spec.grad_accum,
             self.spec.batch_size * world * self.spec.grad_accum,
             self.total_steps,
-            self.steps_per_epoch,
+            self.steps_per_epoch or "streamed: unknown",
             warmup_steps(self.spec, self.total_steps),
         )
 
-    def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[EpochSampler, DataLoader]:
+    @property
+    def num_train_samples(self) -> int:
+        """The training split's examples; for a stream, the examples trained on."""
+        return self.train_size if self.sized else self.state.samples_seen
+
+    def _setup_train_loader(self, train_set: Dataset, collator: Callable) -> tuple[Any, DataLoader]:
+        if isinstance(train_set, IterableDataset):  # in the stream's seeded order, batched as it comes
+            stream = StreamOrder(train_set, self.spec.seed, self.spec.batch_size, self.spec.group_by_length)
+            generator = torch.Generator().manual_seed(self.spec.seed)  # as below: the global RNG left to dropout
+            return stream, DataLoader(stream, batch_size=self.spec.batch_size, collate_fn=collator, generator=generator)
         lengths = [example_length(ids) for ids in train_set["input_ids"]] if self.spec.group_by_length else None
         sampler = EpochSampler(len(train_set), self.spec.seed, lengths, self.spec.batch_size)
         # Its own generator: creating a loader iterator must not draw from the global RNG (dropout),
@@ -165,6 +180,7 @@ class Engine:
                 if state.batches_in_epoch
                 else self.train_loader
             )
+            ran_out = True
             for batches in chunks(loader, spec.grad_accum):  # one optimizer step's micro-batches
                 loss, norm = self._step(batches)
                 window.add(loss, self._examples(batches), norm)
@@ -172,9 +188,13 @@ class Engine:
                 state.global_step += 1
                 self._after_step(window, bar)
                 if state.global_step >= self.total_steps or state.stopped_early:
+                    ran_out = False
                     break
                 self._stop_if_signalled(received)
-            if state.batches_in_epoch == len(self.train_loader):  # the epoch ran to its end (the last one too)
+            if ran_out and state.batches_in_epoch == 0:
+                raise FinetuneError("data.train_split: the streamed training split yields no examples")
+            # the epoch ran to its end (the last one too; a stream's ends when it runs out)
+            if ran_out or (self.sized and state.batches_in_epoch == len(self.train_loader)):
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 self._after_epoch()
                 window.restart_clock()  # end-of-epoch evaluation and saving are not training time
@@ -273,7 +293,7 @@ class Engine:
             self._count_tokens()
             record = {
                 "step": state.global_step,
-                "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                "epoch": self._epoch(),
                 "loss": window.mean_loss(self.accelerator),
                 "lr": self.scheduler.get_last_lr()[0],
                 **({"grad_norm": round(float(window.grad_norm), 6)} if window.grad_norm is not None else {}),
@@ -298,6 +318,10 @@ class Engine:
             self._save_checkpoint()
         window.restart_clock()
 
+    def _epoch(self) -> float:
+        """Epochs trained: in steps, or for a stream (of unknown length) the passes it has run to their end."""
+        return round(self.state.global_step / self.steps_per_epoch, 4) if self.sized else self.state.epoch
+
     def _after_epoch(self) -> None:
         if self.spec.eval_every == "epoch":
             self._evaluate()
@@ -312,7 +336,7 @@ class Engine:
         self._write(
             {
                 "step": state.global_step,
-                "epoch": round(state.global_step / self.steps_per_epoch, 4),
+                "epoch": self._epoch(),
                 **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in metrics.items()},
             }
         )

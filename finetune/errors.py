@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 EXIT_USER_ERROR = 2
+# said by `finetune validate` and by training alike
+STREAM_LABELS = (
+    "task.labels: a streamed training split is not read whole before training, so its {path} values cannot name "
+    "the classes; list them (task.labels: [...])"
+)
 
 
 class FinetuneError(Exception):

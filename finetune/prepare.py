@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from datasets import DatasetDict, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from finetune import data
@@ -19,6 +20,7 @@ from finetune.families import PACKING_ISOLATED
 from finetune.lengths import take_length_report
 from finetune.model import load_tokenizer, resolve_architecture
 from finetune.recipe import Recipe
+from finetune.streaming import tokenized_stream
 from finetune.tasks import Task, prepare_task
 from finetune.validate import Report, architecture_problems, check
 
@@ -118,13 +120,22 @@ def tokenize_splits(
     raw: Any, task: Task, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, keep_lengths: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """The splits capped (data.max_*_examples) and tokenized, without skipped rows, and their length report
-    (seq2seq; empty for other tasks). `finetune eval` reads a run's split through it with the run's own task."""
+    (seq2seq; empty for other tasks). `finetune eval` reads a run's split through it with the run's own task. A
+    streamed split (data.streaming) is tokenized as it is read, and has no report."""
+    streams = {key: ds for key, ds in raw.items() if isinstance(ds, IterableDataset)}
+    sized = DatasetDict({key: ds for key, ds in raw.items() if key not in streams})
     tokenized = data.tokenize(
-        data.cap_splits(raw, recipe.data, recipe.train.seed), task, tokenizer, recipe.data.max_length
+        data.cap_splits(sized, recipe.data, recipe.train.seed), task, tokenizer, recipe.data.max_length
     )
     for key, ds in tokenized.items():
         if len(ds) == 0:  # a causal LM's blocks of one token predict nothing, and are dropped
             raise FinetuneError(
                 f"data.max_length: {recipe.data.max_length} leaves no example in the {key} split once tokenized"
             )
-    return take_length_report(tokenized, task, recipe.data.max_length, keep_lengths)
+    tokenized, report = take_length_report(tokenized, task, recipe.data.max_length, keep_lengths)
+    for key, stream in streams.items():
+        spec = recipe.data
+        tokenized[key] = tokenized_stream(
+            stream, task, tokenizer, spec.max_length, recipe.train.seed, spec.shuffle_buffer, keep_lengths
+        )
+    return tokenized, report

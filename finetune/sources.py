@@ -253,7 +253,8 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches()  # a batch at a time: a streamed split may not fit in memory
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise FinetuneError(f"{path}: not a readable parquet file ({exc})") from None
-    yield from table.to_pylist()
+    for batch in batches:
+        yield from batch.to_pylist()

@@ -51,7 +51,7 @@ class Transformer:
     """The transforms of one split as a function of a column batch and its rows' numbers (`datasets.map`'s
     `batched=True, with_indices=True` signature)."""
 
-    def __init__(self, transforms: list[Transform], split: str, rows: int) -> None:
+    def __init__(self, transforms: list[Transform], split: str, rows: int | None) -> None:
         self.steps: list[tuple[str, str, Any]] = []  # (kind, name in errors, the kind's own settings)
         for n, transform in enumerate(transforms):
             kind = transform_kind(transform)
@@ -67,7 +67,11 @@ class Transformer:
             step = Step(name, self.split, columns, origin)
             if kind == "join":
                 step.need_absent(spec.column)
-                columns[spec.column] = [self.side[n][i] for i in origin]
+                lines = self.side[n]
+                last = max(origin, default=-1)
+                if last >= len(lines):  # a streamed split's rows are not counted beforehand
+                    raise step.fail(f"{spec.files[self.split]} has {len(lines)} lines, none left", origin.index(last))
+                columns[spec.column] = [lines[i] for i in origin]
             else:
                 columns, origin = STEPS[kind](step, spec)
         return columns
@@ -301,8 +305,8 @@ STEPS: dict[str, Callable[[Step, Any], tuple[Columns, list[int]]]] = {
 }
 
 
-def _side_lines(name: str, spec: JoinSpec, split: str, rows: int) -> list[str]:
-    """A join's side file for `split`, one stripped line per row of the split."""
+def _side_lines(name: str, spec: JoinSpec, split: str, rows: int | None) -> list[str]:
+    """A join's side file for `split`, one stripped line per row of the split (`rows`, when known)."""
     if split not in spec.files:
         raise TransformError(f"{name}: no file for split {split!r} in files ({', '.join(spec.files)})")
     path = Path(spec.files[split]).expanduser()
@@ -314,7 +318,7 @@ def _side_lines(name: str, spec: JoinSpec, split: str, rows: int) -> list[str]:
         raise TransformError(f"{name}: {path} is not readable UTF-8 text ({exc})") from None
     while lines and not lines[-1].strip():
         lines.pop()
-    if len(lines) != rows:
+    if rows is not None and len(lines) != rows:
         raise TransformError(f"{name}: {path} has {len(lines)} lines, split {split!r} {rows} rows")
     return [line.strip() for line in lines]
 

@@ -10,9 +10,10 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
-from finetune.errors import FinetuneError
+from finetune.errors import STREAM_LABELS, FinetuneError
 from finetune.families import PACKING_ISOLATED, detect_family, read_config
 from finetune.fields import field_or_none, get_field
 from finetune.instructions import load_mixture
@@ -23,6 +24,7 @@ from finetune.sources import HubDataset, LocalTables, read_rows, resolve_source
 from finetune.tracking import missing_trackers
 from finetune.transforms import plan, split_parts, transform_rows
 
+STREAM_CHECK_ROWS = 1000
 QUANT_BLOCK = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
 WIDTH_KEYS = (
     "hidden_size",
@@ -231,8 +233,15 @@ def _check_data(recipe: Recipe, report: Report, training: bool) -> None:
         if split not in source.files:
             raise FinetuneError(f"data.{key}_split: no split {split!r} (splits: {', '.join(source.files)})")
 
+    streamed = recipe.data.streaming and training  # the training split is checked on its first rows
+    if streamed:
+        report.notes.append(f"data.streaming: the training split is checked on its first {STREAM_CHECK_ROWS} rows")
+        if task.has_classes and not task.labels:
+            raise FinetuneError(STREAM_LABELS.format(path=task.label))
+
     def read(key: str, split: str) -> list[dict]:
-        found = list(read_rows(source, split, source.format_of(split, recipe.data.format)))
+        rows = read_rows(source, split, source.format_of(split, recipe.data.format))
+        found = list(islice(rows, STREAM_CHECK_ROWS) if streamed and key == "train" else rows)
         if not found:
             raise FinetuneError(f"data.{key}_split: split {split!r} is empty ({source.named(split)})")
         return transform_rows(recipe.data.transforms, split, found)

@@ -28,12 +28,13 @@ class Case:
     task: dict[str, Any]
     data: Callable[[Path], dict[str, Any]]  # folder -> the recipe's data section
     generates: bool = False
+    train: tuple[tuple[str, Any], ...] = ()  # settings the case needs, under the test's own
 
     def recipe(self, folder: Path, model: Path, **train: Any) -> dict[str, Any]:
         """The recipe: deterministic (no dropout, see `without_dropout`), evaluated only at its end. A distillation
         is taught by the case's model, its student built from every other block of it."""
         settings = {"batch_size": 6, "lr": 1e-2, "warmup": 0, "epochs": 1, "weight_decay": 0.0, "max_grad_norm": 0}
-        settings |= {"eval_every": 1000, "save_every": 1000, "group_by_length": False, **train}
+        settings |= {"eval_every": 1000, "save_every": 1000, "group_by_length": False, **train, **dict(self.train)}
         task, name = self.task, str(model)
         if task["type"] == "distillation":
             task, name = {**task, "teacher": str(model)}, {"name": str(model), "init_from_teacher": "every_other_layer"}
@@ -130,6 +131,24 @@ CASES = [
     Case("distillation-encoder", "tiny_bert_sst2", {"type": "distillation", "student": SST2}, glue("sst2")),
 ]
 BY_NAME = {case.name: case for case in CASES}
+# data.streaming: the training split read as a stream (epochs of unknown length, so train.max_steps; the classes
+# named), shuffled and grouped by length in a seeded order
+STREAMED = [
+    Case(
+        "streamed-classification-encoder",
+        "tiny_bert",
+        SST2 | {"labels": ["0", "1"]},
+        lambda folder: {**glue("sst2")(folder), "streaming": True, "shuffle_buffer": 4},
+        train=(("max_steps", 6), ("group_by_length", True)),
+    ),
+    Case(
+        "streamed-language-modeling-encoder",
+        "tiny_bert",
+        {"type": "language_modeling", "text_a": "sentence"},
+        lambda folder: {**glue("sst2")(folder), "streaming": True},
+        train=(("max_steps", 6),),
+    ),
+]
 
 
 def without_dropout(checkpoint: Path, folder: Path) -> Path:

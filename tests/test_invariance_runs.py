@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
-from cases import BY_NAME, CASES, Case, train, weights
+from cases import BY_NAME, CASES, STREAMED, Case, train, weights
 from conftest import run_cli
 from peft.tuners.lora import LoraLayer
 
@@ -59,7 +59,7 @@ def log_records(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in ("samples_per_second", "tokens_per_second")} for r in records]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + STREAMED, ids=lambda c: c.name)
 def test_twice_resumed_run_equals_the_uninterrupted_run(case, request, tmp_path, monkeypatch):
     """The run dies while writing step 4's checkpoint (in epoch 1): `--resume` starts from step 2's, in the middle
     of epoch 0; it dies again after step 5, and the second resume starts from step 4's, in the middle of epoch 1.

@@ -129,6 +129,16 @@ class DataSpec(Section):
         None, description="Keep this many training examples (after a seeded shuffle), for quick runs."
     )
     max_eval_samples: PositiveInt | None = Field(None, description="Keep the first N evaluation examples.")
+    streaming: bool = Field(
+        False,
+        description="Read the training split as training consumes it (Hub or local files), tokenized on the fly "
+        "through a seeded shuffle buffer, for corpora larger than memory; needs train.max_steps, and task.labels for "
+        "classes. max_train_samples then takes the stream's first N rows.",
+    )
+    shuffle_buffer: PositiveInt = Field(
+        10_000,
+        description="data.streaming: rows held to shuffle the stream (train.group_by_length batches within them).",
+    )
     max_length: PositiveInt = Field(
         128, description="Truncate tokenized inputs to this many tokens (a decoder's prompt and target together)."
     )
@@ -156,8 +166,8 @@ class DataSpec(Section):
         if self.mixture is not None:
             if self.source is not None or self.files is not None:
                 raise ValueError("data.mixture: names the sources itself; remove data.source and data.files")
-            if self.transforms or self.split is not None:
-                key = "transforms" if self.transforms else "split"
+            if self.transforms or self.split is not None or self.streaming:
+                key = "transforms" if self.transforms else "split" if self.split is not None else "streaming"
                 raise ValueError(f"data.{key}: applies to data.source or data.files, not to a mixture's sources")
             return self
         if self.eval_mixture is not None:
@@ -166,6 +176,8 @@ class DataSpec(Section):
             raise ValueError("data: give exactly one of data.source (Hub id) or data.files (local files)")
         if self.files is not None and self.subset is not None:
             raise ValueError("data.subset: only applies to a Hub dataset (data.source)")
+        if self.streaming and self.split is not None:
+            raise ValueError("data.split: draws its parts from a whole split, which data.streaming never holds")
         return self
 
     @model_validator(mode="after")

@@ -344,6 +344,19 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _stream_has_an_end(self) -> Recipe:
+        if self.data.streaming and self.train.max_steps is None:
+            raise ValueError(
+                "train.max_steps: a streamed training split has no length to count epochs in; set the steps to run"
+            )
+        if self.data.streaming and getattr(self.task, "cache_teacher", False):
+            raise ValueError(
+                "task.cache_teacher: caching the teacher's logits reads the whole training split; with "
+                "data.streaming set it to false (the teacher then scores each batch)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _eval_split_differs(self) -> Recipe:
         if self.data.eval_split == self.data.train_split:
             raise ValueError("data.eval_split: evaluating on the training split measures nothing; name another split")

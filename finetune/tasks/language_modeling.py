@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from datasets import IterableDataset
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
@@ -112,8 +113,13 @@ class LanguageModeling(Seq2Seq):
     def prepare_training(
         self, train: Any, tokenizer: PreTrainedTokenizerBase, accelerator: Any, batch_size: int
     ) -> Any:
-        """Masked and corrupted blocks carry their index, which seeds their masks with the run's seed and epoch."""
-        return train if self.objective == "causal" else train.add_column(columns.EXAMPLE_ID, list(range(len(train))))
+        """Masked and corrupted blocks carry their index (in a stream, their place in the epoch's order), which seeds
+        their masks with the run's seed and epoch."""
+        if self.objective == "causal":
+            return train
+        if isinstance(train, IterableDataset):
+            return train.map(lambda _, ids: {columns.EXAMPLE_ID: ids}, with_indices=True, batched=True)
+        return train.add_column(columns.EXAMPLE_ID, list(range(len(train))))
 
     def format_inputs(
         self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int
