@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration
 
 from finetune.errors import FinetuneError
 from finetune.recipe.schema import TrainSpec
@@ -24,7 +25,14 @@ def make_accelerator(spec: TrainSpec) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a machine without an accelerator lets several launched processes form a gloo group.
     # Accumulation is the engine's own (a step's loss is divided by the step's items, not by grad_accum).
-    return Accelerator(mixed_precision=MIXED_PRECISION[precision], cpu=not torch.accelerator.is_available())
+    # A stream's batches are not dispatched from the main process (accelerate's default for iterable datasets):
+    # they are padded per batch, and processes' batches of different widths cannot be stacked; each process reads
+    # the stream in the same seeded order and keeps its share of every global batch.
+    return Accelerator(
+        mixed_precision=MIXED_PRECISION[precision],
+        cpu=not torch.accelerator.is_available(),
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
+    )
 
 
 def check_precision(precision: str) -> None:

@@ -93,9 +93,6 @@ class Engine:
         self.model, self.optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
-        # accelerate dispatches a stream's batches from the main process through a loader it builds without the
-        # generator; without one, starting an epoch (or a resume's skip) would draw from the global RNG (dropout)
-        getattr(self.train_loader, "base_dataloader", self.train_loader).generator = train_loader.generator
         if self.spec.compile:  # in place: the module (and the names of its weights) stays the same
             self.model.compile(dynamic=True)
         # a stream (data.streaming) has no length: its recipe sets train.max_steps, and an epoch ends when it does

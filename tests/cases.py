@@ -28,13 +28,13 @@ class Case:
     task: dict[str, Any]
     data: Callable[[Path], dict[str, Any]]  # folder -> the recipe's data section
     generates: bool = False
-    train: tuple[tuple[str, Any], ...] = ()  # settings the case needs, under the test's own
+    train: tuple[tuple[str, Any], ...] = ()  # settings the case needs; a test's own come on top
 
     def recipe(self, folder: Path, model: Path, **train: Any) -> dict[str, Any]:
         """The recipe: deterministic (no dropout, see `without_dropout`), evaluated only at its end. A distillation
         is taught by the case's model, its student built from every other block of it."""
         settings = {"batch_size": 6, "lr": 1e-2, "warmup": 0, "epochs": 1, "weight_decay": 0.0, "max_grad_norm": 0}
-        settings |= {"eval_every": 1000, "save_every": 1000, "group_by_length": False, **train, **dict(self.train)}
+        settings |= {"eval_every": 1000, "save_every": 1000, "group_by_length": False, **dict(self.train), **train}
         task, name = self.task, str(model)
         if task["type"] == "distillation":
             task, name = {**task, "teacher": str(model)}, {"name": str(model), "init_from_teacher": "every_other_layer"}
@@ -130,7 +130,6 @@ CASES = [
     ),
     Case("distillation-encoder", "tiny_bert_sst2", {"type": "distillation", "student": SST2}, glue("sst2")),
 ]
-BY_NAME = {case.name: case for case in CASES}
 # data.streaming: the training split read as a stream (epochs of unknown length, so train.max_steps; the classes
 # named), shuffled and grouped by length in a seeded order
 STREAMED = [
@@ -149,6 +148,7 @@ STREAMED = [
         train=(("max_steps", 6),),
     ),
 ]
+BY_NAME = {case.name: case for case in CASES + STREAMED}
 
 
 def without_dropout(checkpoint: Path, folder: Path) -> Path:

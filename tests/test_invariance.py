@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cases import BY_NAME, CASES, max_difference, train, weights, without_dropout
+from cases import BY_NAME, CASES, STREAMED, max_difference, train, weights, without_dropout
 from conftest import REPO
 
 TOLERANCE = 1e-6  # relative to the largest weight; the defects guarded move weights by ~1e-4 of it
@@ -75,15 +75,16 @@ def test_packed_batches_train_as_padded_ones(name, request, tmp_path, tmp_path_f
     assert padded.metrics["train_padding_share"] > 0
 
 
-@pytest.mark.parametrize("name", ["classification-encoder", "seq2seq-decoder"])
+@pytest.mark.parametrize("name", ["streamed-classification-encoder", "seq2seq-decoder"])
 def test_two_processes_equal_one_with_twice_the_batch(name, request, tmp_path, tmp_path_factory):
     """Two CPU processes with batch 1 each against one with batch 2: the same loss at every step, the same
     weights and the same evaluation. The two processes' examples hold different numbers of target tokens, so only
     a loss divided by the items of both processes gives the same gradient; 3 evaluation examples in batches of 1
-    make one process repeat an example to even out the last batch, which the evaluation must not count."""
+    make one process repeat an example to even out the last batch, which the evaluation must not count. A stream
+    (data.streaming) is read by each process in the same order, each keeping its share of every global batch."""
     case = BY_NAME[name]
     model = case_model(case, request, tmp_path_factory)
-    steps = {"log_every": 1, "eval_batch_size": 1, **PROPORTIONAL}
+    steps = {"log_every": 1, "eval_batch_size": 1, "max_steps": 5, "group_by_length": False, **PROPORTIONAL}
     one = train(evaluating_three(case.recipe(tmp_path, model, batch_size=2, **steps)))
     recipe = evaluating_three(case.recipe(tmp_path, model, batch_size=1, **steps))
     (tmp_path / "two.yaml").write_text(json.dumps(recipe), encoding="utf-8")
@@ -114,4 +115,4 @@ def step_losses(run_dir: Path) -> list[float]:
 
 
 def test_case_names_are_unique():
-    assert len(BY_NAME) == len(CASES)
+    assert len(BY_NAME) == len(CASES) + len(STREAMED)
