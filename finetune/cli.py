@@ -38,7 +38,8 @@ EXAMPLES = {
   (run the same command again to finish an interrupted sweep: finished cells are read back)""",
     "validate": """examples:
   finetune validate recipes/glue/*.yaml
-  finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4""",
+  finetune validate recipes/glue/rte-minilm.yaml --set train.lr=1e-4
+  finetune validate recipes/glue/rte-minilm.yaml --tokens   # how many examples data.max_length cuts""",
     "inspect": """examples:
   finetune inspect recipes/glue/mrpc-minilm.yaml -n 3
   finetune inspect recipes/glue/cola-minilm.yaml --split validation""",
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = command("validate", "Check recipes, their data and model configs without loading weights.")
     validate.add_argument("recipes", nargs="+", type=Path)
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.path=value")
+    validate.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also format and tokenize the splits and count what data.max_length cuts (loads the tokenizer)",
+    )
 
     inspect = command("inspect", "Print formatted examples as the model sees them: tokens, layout, label.")
     inspect.add_argument("recipe", type=Path)
@@ -269,8 +275,13 @@ def _validate(args: argparse.Namespace) -> CliResult:
     failed = False
     for path in args.recipes:
         try:
-            report = check(load_recipe(path, args.overrides))
+            recipe = load_recipe(path, args.overrides)
+            report = check(recipe)
             problems, notes = report.problems, report.notes
+            if args.tokens and not problems:
+                from finetune.prepare import truncation_notes
+
+                notes = notes + truncation_notes(recipe, report)
         except FinetuneError as exc:
             problems, notes = exc.problems, []
         for problem in problems:

@@ -139,3 +139,22 @@ def tokenize_splits(
             stream, task, tokenizer, spec.max_length, recipe.train.seed, spec.shuffle_buffer, keep_lengths
         )
     return tokenized, report
+
+
+def truncation_notes(recipe: Recipe, report: Report) -> list[str]:
+    """`finetune validate --tokens`: per split, the examples that data.max_length (and data.max_target_length)
+    cut, as the task formats them for training (a streamed training split is not counted)."""
+    notes = []
+    for key, found in prepare(recipe, report).data_report["lengths"].items():
+        if "truncated" in found:
+            tokens = found["tokens"]
+            notes.append(
+                f"data.max_length: {found['truncated']} of {found['examples']} {key} examples truncated "
+                f"({tokens['dropped']} of {tokens['in']} tokens dropped)"
+            )
+        else:
+            notes.append(
+                f"data.max_length: {found['truncated_sources']} of {found['examples']} {key} prompts truncated; "
+                f"data.max_target_length: {found['truncated_targets']} targets"
+            )
+    return notes

@@ -85,3 +85,24 @@ data: {{files: {{train: {rows}, validation: {rows}}}, max_length: {LIMIT}}}
     whole = len(AutoTokenizer.from_pretrained(tiny_bert)(ARTICLE)["input_ids"])
     assert f"{LIMIT} tokens, label a (id 0) (TRUNCATED from {whole} tokens)" in shown
     assert shown.count("TRUNCATED") == 1
+
+
+def test_validate_counts_the_examples_max_length_cuts(tmp_path, tiny_bert, sst2_rows, tokenizer, capsys):
+    """`finetune validate --tokens`: the truncated examples of each split, as many as the sentences whose tokens
+    (special ones included) pass data.max_length, counted here with the tokenizer alone."""
+    limit = 12
+    sentences = [line.rsplit("\t", 1)[0] for line in sst2_rows.read_text().splitlines()[1:]]
+    lengths = [len(tokenizer(s)["input_ids"]) for s in sentences]
+    expected = sum(n > limit for n in lengths)
+    assert 0 < expected < len(sentences)
+    recipe = recipe_file(
+        tmp_path,
+        f"model: {tiny_bert}\ntask: {{type: classification, text_a: sentence, label: label}}\n"
+        f"data: {{files: {{train: {sst2_rows}, dev: {sst2_rows}}}, eval_split: dev, max_length: {limit}, "
+        "reader: {quoting: none}}\n",
+    )
+    assert run_cli("validate", recipe, "--tokens").exit_code == 0
+    out, dropped = capsys.readouterr().out, sum(n - limit for n in lengths if n > limit)
+    for split in ("train", "eval"):
+        counts = f"{expected} of {len(sentences)} {split} examples truncated"
+        assert f"{recipe}: note: data.max_length: {counts} ({dropped} of {sum(lengths)} tokens dropped)" in out

@@ -137,7 +137,7 @@ class DataSpec(Section):
     )
     shuffle_buffer: PositiveInt = Field(
         10_000,
-        description="data.streaming: rows held to shuffle the stream (train.group_by_length batches within them).",
+        description="data.streaming: raw rows held to shuffle the stream (more shuffle better and hold more memory).",
     )
     max_length: PositiveInt = Field(
         128, description="Truncate tokenized inputs to this many tokens (a decoder's prompt and target together)."
