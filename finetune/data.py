@@ -186,7 +186,7 @@ def resolve_labels(recipe: Recipe, train: Dataset) -> list[str] | None:
 
 def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
     """Every column the task reads is present in every split; else name what is there."""
-    present = {key: ds.column_names or columns_of(ds, f"the {key} split") for key, ds in raw.items()}
+    present = {key: columns_of(ds, f"the {key} split") for key, ds in raw.items()}
     problems = [
         f"task: no column {column!r} in the {key} split (columns: {', '.join(present[key])})"
         for key in raw
@@ -200,13 +200,12 @@ def check_columns(raw: DatasetDict, spec: TaskSpec) -> None:
 def cap_splits(raw: DatasetDict, spec: DataSpec, seed: int) -> DatasetDict:
     """Apply max_train_samples (a seeded random subset) and max_eval_samples (the first rows)."""
     capped = dict(raw)
-    streamed = isinstance(raw.get("train"), IterableDataset)  # capped as it was streamed
-    if spec.max_train_samples and not streamed and "train" in raw and len(raw["train"]) > spec.max_train_samples:
+    if spec.max_train_samples and "train" in raw and len(raw["train"]) > spec.max_train_samples:
         capped["train"] = raw["train"].shuffle(seed=seed).select(range(spec.max_train_samples))
     if spec.max_eval_samples and "eval" in raw and len(raw["eval"]) > spec.max_eval_samples:
         capped["eval"] = raw["eval"].select(range(spec.max_eval_samples))
     for key, ds in capped.items():
-        if isinstance(ds, Dataset) and len(ds) == 0:
+        if len(ds) == 0:
             raise FinetuneError(f"data.{key}_split: the split is empty")
     return DatasetDict(capped)
 
