@@ -29,7 +29,7 @@ finetune:
 	$(VENV)/bin/finetune train $(RECIPE) $(ARGS)
 
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 # TRL is bench-only (bench/baselines/trl_sft.py, the baseline bench/speed.py compares against), never a dependency.
 bench:

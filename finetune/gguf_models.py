@@ -7,12 +7,13 @@ and saved with its tokenizer as an ordinary checkpoint folder; later runs load t
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.mirrors import ResolvedModel, converted_dir
 
@@ -25,7 +26,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     log.info("dequantising %s into a plain fp32 checkpoint at %s (once)", gguf_file.name, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    config = copy.deepcopy(dequantised.config)  # reading the file's metadata again takes seconds
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

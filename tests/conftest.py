@@ -26,10 +26,22 @@ os.environ.update(
     }
 )
 link_packaged(MODEL_MIRROR)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s workers share the cores: one thread each, as sweep --jobs
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    import torch
+
+    torch.set_num_threads(1)
 
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2 = "packaged:SmolLM2-135M-Instruct-Q4_1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of the real SmolLM2 run on one worker (`--dist loadgroup`), which converts the GGUF file once."""
+    for item in items:
+        if "smollm2_converted" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
 
 
 @pytest.fixture(autouse=True, scope="session")
