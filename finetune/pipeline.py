@@ -22,7 +22,7 @@ from finetune.evaluation import evaluator, predict_outputs
 from finetune.export import push_run, write_model_card
 from finetune.footprint import parameter_report, peak_memory, saved_size
 from finetune.lengths import plot_lengths, token_metrics, without_histograms
-from finetune.loaded_run import load_run
+from finetune.loaded_run import LoadedRun, load_run
 from finetune.mirrors import base_record
 from finetune.model import build_model
 from finetune.plots import plot_training
@@ -40,8 +40,8 @@ from finetune.rundir import (
     write_recipe,
 )
 from finetune.sources import FORMATS_BY_SUFFIX, LocalTables, read_rows
-from finetune.tasks import Task
 from finetune.tracking import Trackers
+from finetune.transforms import transform_rows
 from finetune.validate import Report
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     if output_path is not None:
         check_writable(output_path, "--output", inputs=(input_path,))
     run = load_run(folder)
-    rows = _read_inputs(input_path, run.task)
+    rows = _read_inputs(input_path, run)
     columns = {c: [r.get(c) for r in rows] for c in rows[0]}
     encoded = run.task.format_inputs(columns, run.tokenizer, run.recipe.data.max_length)
     features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
@@ -194,12 +194,19 @@ def predict(folder: Path, input_path: Path, output_path: Path | None = None) -> 
     return records
 
 
-def _read_inputs(path: Path, task: Task) -> list[dict[str, Any]]:
+def _read_inputs(path: Path, run: LoadedRun) -> list[dict[str, Any]]:
+    """The rows to predict, in the training data's shape: through the recipe's data.transforms (those it can
+    apply without an answer) into the columns the task reads."""
     fmt = FORMATS_BY_SUFFIX.get(path.suffix)
     if fmt is None:
         raise FinetuneError(f"--input: {path.name} is not one of {', '.join(FORMATS_BY_SUFFIX)}")
     rows = list(read_rows(LocalTables({"input": [path]}, ReaderSpec(), {}, "--input"), "input", fmt))
-    missing = [c for c in task.text_fields if rows and c not in rows[0]]
+    if rows:
+        rows = transform_rows(run.recipe.data.transforms, "input", rows, unlabelled=True)
+    missing = [c for c in run.task.text_fields if rows and c not in rows[0]]
     if not rows or missing:
-        raise FinetuneError(f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}" if rows else "has no rows"))
+        after = " after data.transforms" if run.recipe.data.transforms else ""
+        raise FinetuneError(
+            f"--input: {path} " + (f"lacks column(s) {', '.join(missing)}{after}" if rows else f"has no rows{after}")
+        )
     return rows

@@ -37,26 +37,35 @@ class TransformError(FinetuneError):
     """A transform that cannot apply to the rows it met."""
 
 
-def transform_rows(transforms: list[Transform], split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A split's rows (dicts, as `finetune.sources` reads them) after the transforms."""
+def transform_rows(
+    transforms: list[Transform], split: str, rows: list[dict[str, Any]], unlabelled: bool = False
+) -> list[dict[str, Any]]:
+    """A split's rows (dicts, as `finetune.sources` reads them) after the transforms; `unlabelled`: rows to predict,
+    which may lack the answer and whatever else the model does not read (see `Transformer`)."""
     if not transforms:
         return rows
     names = dict.fromkeys(key for row in rows for key in row)
     columns = {name: [row.get(name) for row in rows] for name in names}
-    out = Transformer(transforms, split, len(rows))(columns, list(range(len(rows))))
+    out = Transformer(transforms, split, len(rows), unlabelled)(columns, list(range(len(rows))))
     return [dict(zip(out, values)) for values in zip(*out.values())] if out else []
 
 
 class Transformer:
     """The transforms of one split as a function of a column batch and its rows' numbers (`datasets.map`'s
-    `batched=True, with_indices=True` signature)."""
+    `batched=True, with_indices=True` signature).
 
-    def __init__(self, transforms: list[Transform], split: str, rows: int | None) -> None:
+    `unlabelled` rows (`finetune predict`'s input, in the training data's shape) have no side files, so joins are
+    left out, and may lack the answer and other columns the model does not read: each step applies to the columns
+    it names that the rows have and is left out when they have none. A text column the task reads and the rows
+    lack is the caller's to report."""
+
+    def __init__(self, transforms: list[Transform], split: str, rows: int | None, unlabelled: bool = False) -> None:
         self.steps: list[tuple[str, str, Any]] = []  # (kind, name in errors, the kind's own settings)
         for n, transform in enumerate(transforms):
             kind = transform_kind(transform)
-            self.steps.append((kind, f"data.transforms.{n} ({kind})", getattr(transform, kind)))
-        self.split = split
+            if not (unlabelled and kind == "join"):
+                self.steps.append((kind, f"data.transforms.{n} ({kind})", getattr(transform, kind)))
+        self.split, self.unlabelled = split, unlabelled
         self.side = {
             n: _side_lines(name, spec, split, rows) for n, (kind, name, spec) in enumerate(self.steps) if kind == "join"
         }
@@ -64,6 +73,8 @@ class Transformer:
     def __call__(self, columns: Columns, origin: list[int]) -> Columns:
         columns = dict(columns)
         for n, (kind, name, spec) in enumerate(self.steps):
+            if self.unlabelled and (spec := _present(kind, spec, columns)) is None:
+                continue
             step = Step(name, self.split, columns, origin)
             if kind == "join":
                 step.need_absent(spec.column)
@@ -75,6 +86,23 @@ class Transformer:
             else:
                 columns, origin = STEPS[kind](step, spec)
         return columns
+
+
+def _present(kind: str, spec: Any, columns: Columns) -> Any:
+    """A step's settings cut to the columns the rows have; None when it names none of them."""
+
+    def has(path: str) -> bool:
+        return path.split(".")[0] in columns
+
+    if kind == "rename":
+        return {old: new for old, new in spec.items() if has(old)} or None
+    if kind in ("select", "drop", "explode"):
+        return [c for c in spec if has(c)] or None
+    if kind == "cast":
+        kept = [c for c in spec.columns if has(c)]
+        return spec.model_copy(update={"columns": kept}) if kept else None
+    reads = [spec.column, *([spec.names] if kind == "answer" and spec.names else [])]
+    return spec if all(has(c) for c in reads) else None
 
 
 class Step:

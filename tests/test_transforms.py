@@ -310,3 +310,46 @@ def test_copa_as_a_csv_with_one_based_answers_trains_as_the_shipped_recipe(tmp_p
     assert [r.metrics[k] for r in runs for k in ("accuracy", "eval_loss")] == [
         runs[0].metrics[k] for k in ("accuracy", "eval_loss")
     ] * 2
+
+
+def test_predict_reads_input_in_the_training_data_shape(tmp_path, tiny_bert, capsys):
+    """`finetune predict` on AQuA-shaped rows without their answers: the options string is split as in training,
+    the answer steps are left out, and the model sees what it sees when the answers are there."""
+    rows = [
+        {"question": "3 x 4?", "options": "(A) 12 (B) 15 (C) 7", "correct": "A"},
+        {"question": "10 - 3?", "options": "(A) 13 (B) 30 (C) 7", "correct": "C"},
+    ]
+    path = jsonl(tmp_path / "train.jsonl", rows)
+    transforms = [
+        {"split_text": {"column": "options", "pattern": r"\(([A-E])\)\s*", "names": "letters"}},
+        {"answer": {"column": "correct", "style": "letter", "into": "answer"}},
+        {"drop": ["correct"]},
+    ]
+    recipe = recipe_file(
+        tmp_path,
+        yaml.safe_dump(
+            {
+                "model": str(tiny_bert),
+                "task": {"type": "multiple_choice", "context": "question", "choices": "options", "label": "answer"},
+                "data": {"files": {"train": str(path), "validation": str(path)}, "transforms": transforms},
+                "train": {"epochs": 1, "batch_size": 2, "save_every": 1000},
+            }
+        ),
+    )
+    assert run_cli("train", recipe, f"output_dir={tmp_path / 'run'}").exit_code == 0
+    unanswered = jsonl(tmp_path / "unanswered.jsonl", [{k: r[k] for k in ("question", "options")} for r in rows])
+
+    def predict(rows: Path) -> list[dict]:
+        assert run_cli("predict", tmp_path / "run", "--input", rows, "--output", tmp_path / "out.jsonl").exit_code == 0
+        return [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    predicted, answered = predict(unanswered), predict(path)
+    assert [{k: r[k] for k in ("question", "options", "letters")} for r in predicted] == [
+        {"question": "3 x 4?", "options": ["12", "15", "7"], "letters": ["A", "B", "C"]},
+        {"question": "10 - 3?", "options": ["13", "30", "7"], "letters": ["A", "B", "C"]},
+    ]
+    assert [r["probabilities"] for r in predicted] == [r["probabilities"] for r in answered]
+    capsys.readouterr()
+    no_question = jsonl(tmp_path / "no-question.jsonl", [{"options": r["options"]} for r in rows])
+    assert run_cli("predict", tmp_path / "run", "--input", no_question).exit_code == 2
+    assert f"--input: {no_question} lacks column(s) question after data.transforms" in capsys.readouterr().err
