@@ -106,3 +106,28 @@ def test_validate_counts_the_examples_max_length_cuts(tmp_path, tiny_bert, sst2_
     for split in ("train", "eval"):
         counts = f"{expected} of {len(sentences)} {split} examples truncated"
         assert f"{recipe}: note: data.max_length: {counts} ({dropped} of {sum(lengths)} tokens dropped)" in out
+
+
+def test_the_text_to_text_head_cuts_the_part_asked_for(tokenizer):
+    """T5's head writes the fields into one source (`text: ...`): the first text (or task.truncate_field) is cut,
+    not the source's end, and the untruncated count is the whole source's."""
+    spec = {"type": "classification", "text_a": "text", "text_b": "question", "label": "label", "head": "text_to_text"}
+    batch = {"text": [ARTICLE], "question": [QUESTION], "label": ["a"]}
+    whole = len(tokenizer(f"text: {ARTICLE} question: {QUESTION}")["input_ids"])
+    for side, first, last in (("end", True, False), ("start", False, True), ("middle", True, True)):
+        task = build_task(
+            validate_dict({"model": "x/y", "task": {**spec, "truncate": side}, "data": {"source": "x/y"}}).task,
+            ["a", "b"],
+        )
+        encoded = task.format(batch, tokenizer, LIMIT)
+        ids = encoded["input_ids"][0][0]
+        text = words(tokenizer, ids)
+        assert len(ids) <= LIMIT and encoded[TOTAL_LENGTH][0][0] == whole, side
+        assert (QUESTION in text) == (side != "end") and ("word0 " in text) == first and ("word59" in text) == last
+    spec = {"type": "multiple_choice", "context_template": "{article} {question}", "choices": ["a", "b"]}
+    row = {"article": [ARTICLE], "question": [QUESTION], "a": ["black"], "b": ["ginger"], "label": [0]}
+    for side, kept in (("end", "word0 word1"), ("start", "word58 word59")):
+        keys = {"head": "text_to_text", "truncate_field": "article", "truncate": side}
+        task = build_task(validate_dict({"model": "x/y", "task": {**spec, **keys}, "data": {"source": "x/y"}}).task)
+        ids = task.format(row, tokenizer, LIMIT)["input_ids"][0][0]
+        assert len(ids) <= LIMIT and QUESTION in words(tokenizer, ids) and kept in words(tokenizer, ids), side

@@ -18,6 +18,7 @@ forward that DDP, FSDP and mixed precision handle as they handle any other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,10 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from finetune.batching import group_mask, pad_groups
 from finetune.columns import CHOICE_MASK, TOTAL_LENGTH
-from finetune.fields import get_field
+from finetune.fields import get_field, with_field
 from finetune.losses import Loss, example_loss
 from finetune.specs import TaskSpec
-from finetune.tasks.base import Task, batch_rows, untruncated_length
+from finetune.tasks.base import Task, batch_rows, cut_text, untruncated_length
 from finetune.tasks.classification import Classification
 from finetune.tasks.multiple_choice import MultipleChoice
 
@@ -57,13 +58,44 @@ class TextToText(Task):
 
     def sources(self, row: dict[str, Any]) -> list[str]:
         """The source text(s) of one row: one, or both orderings of a similarity pair (names keep their places)."""
+        return [around(text) for text, around in self._parts(row)]
+
+    def _parts(self, row: dict[str, Any]) -> list[tuple[str, Callable[[str], str]]]:
+        """Each source as the text `task.truncate` cuts (the first text, or `task.truncate_field`) and the source
+        written around it."""
         prefix = [self.spec.prefix] if self.spec.prefix else []
         if self.spec.predicts == "candidate":
-            return [" ".join([*prefix, self.spec.context_of(row)])]
+            field = self.spec.truncate_field
+            if field is None:
+                return [(self.spec.context_of(row), lambda text: " ".join([*prefix, text]))]
+
+            def around(text: str) -> str:
+                return " ".join([*prefix, self.spec.context_of(with_field(row, field, text))])
+
+            return [(str(get_field(row, field)), around)]
         paths = [path for path in (self.spec.text_a, self.spec.text_b) if path]
         names, texts = [path.split(".")[-1] for path in paths], [str(get_field(row, path)) for path in paths]
+
+        def source(rest: list[str]) -> Callable[[str], str]:
+            return lambda first: " ".join([*prefix, *(f"{n}: {t}" for n, t in zip(names, [first, *rest]))])
+
         orderings = [texts, texts[::-1]] if self.spec.symmetric else [texts]
-        return [" ".join([*prefix, *(f"{n}: {t}" for n, t in zip(names, ordering))]) for ordering in orderings]
+        return [(ordering[0], source(ordering[1:])) for ordering in orderings]
+
+    def _fit(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, text: str, around: Callable[[str], str]
+    ) -> tuple[str, int | None]:
+        """The source with `text` cut on the side `task.truncate` names so that it fits, and its untruncated token
+        count; the whole source (and None) when it fits or the end is cut, which the tokenizer does."""
+        whole = around(text)
+        if self.spec.truncate == "end" and getattr(self.spec, "truncate_field", None) is None:
+            return whole, None
+        total = len(tokenizer(whole)["input_ids"])
+        tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        keep = len(tokens["input_ids"]) - (total - max_length)
+        if total <= max_length or keep < 1:  # fits, or the rest alone does not: the tokenizer cuts the end
+            return whole, total
+        return around(cut_text(text, tokens["offset_mapping"], keep, self.spec.truncate)), total
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
         """Each row: its source(s) as `input_ids` (S sequences), its k targets as `target_ids`, the right one's index.
@@ -76,11 +108,14 @@ class TextToText(Task):
         label_column = self.spec.label.split(".")[0]
         class_targets = None if self.labels is None else self._tokenize_targets(tokenizer, self.class_words, max_length)
         for number, row in enumerate(batch_rows(batch)):
-            sources = self.sources(row)
-            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s in sources]
+            sources = [self._fit(tokenizer, max_length, text, around) for text, around in self._parts(row)]
+            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s, _ in sources]
             features["input_ids"].append([e["input_ids"] for e in encoded])
             features[TOTAL_LENGTH].append(
-                [untruncated_length(tokenizer, [s], e["input_ids"], max_length) for s, e in zip(sources, encoded)]
+                [
+                    total or untruncated_length(tokenizer, [s], e["input_ids"], max_length)
+                    for (s, total), e in zip(sources, encoded)
+                ]
             )
             features["attention_mask"].append([e["attention_mask"] for e in encoded])
             if self.labels is None:  # multiple choice: the row's own candidates
