@@ -107,6 +107,8 @@ def run_sweep(
     recipe = load_recipe(path, overrides)
     if recipe.task.reads_mixture:
         raise FinetuneError("--fractions: a sweep cuts data.source or data.files; a mixture is cut by max_examples")
+    if recipe.data.streaming:  # fractions need the split's size, the majority reference its labels
+        raise FinetuneError("data.streaming: a sweep reads the training split whole; sweep with data.streaming=false")
     for setting in settings_grid(settings):  # every cell's recipe is valid before anything trains
         load_recipe(path, overrides + [f"{k}={v}" for k, v in setting.items()])
     output = output or Path("runs") / recipe.name / "sweep"

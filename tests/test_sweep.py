@@ -54,6 +54,9 @@ def test_sweep_trains_the_grid_once_and_reports_it(tmp_path, tiny_bert, sst2_row
     capsys.readouterr()
     assert run_cli(*argv, "--output", output, "train.weight_decay=0.5").exit_code == 2
     assert "this cell was trained from another recipe" in capsys.readouterr().err
+    assert run_cli(*argv, "--output", tmp_path / "stream", "data.streaming=true", "train.max_steps=2").exit_code == 2
+    assert "data.streaming: a sweep reads the training split whole" in capsys.readouterr().err
+    assert not (tmp_path / "stream").exists()
 
 
 def test_settings_grid_splits_at_top_level_commas():
