@@ -1,6 +1,6 @@
 """Learning curves with `finetune sweep`: MiniLM-L6 on SST-2 at five training-set sizes x 3 seeds, and on RTE at
 two sizes x 3 seeds (about 40 minutes on 2 cores; a learning-rate grid triples RTE's time); and the GLUE recipes'
-settings, 3 seeds each (`*-settings`, `cola-epochs`: about 80 minutes more with bf16 on a CPU that has it). Writes
+settings, 3 seeds each (`*-settings`, `cola-*`: about 135 minutes more with bf16 on a CPU that has it). Writes
 bench/results/sweeps/<name>.{json,md,png} and bench/results/sweeps.md (the commands, the machine, the library
 versions and the tables).
 
@@ -42,6 +42,8 @@ SWEEPS |= {
     "cola-settings": ["recipes/glue/cola-minilm.yaml", *SETTINGS, "--set", "train.lr=5e-5,1e-4,2e-4"],
     # its best evaluations came at the last step of 3 epochs: twice as many
     "cola-epochs": ["recipes/glue/cola-minilm.yaml", *SETTINGS, "train.epochs=6", "--set", "train.lr=5e-5,1e-4"],
+    # still rising at 6 epochs, lr 1e-4 with a seed slow to start: twice the updates at the same lr per example
+    "cola-batch16": ["recipes/glue/cola-minilm.yaml", *SETTINGS, "train.epochs=10", "train.batch_size=16"],
     "mrpc-settings": ["recipes/glue/mrpc-minilm.yaml", *SETTINGS],
     "stsb-settings": ["recipes/glue/stsb-minilm.yaml", *SETTINGS],
     "rte-settings": ["recipes/glue/rte-minilm.yaml", *SETTINGS],
