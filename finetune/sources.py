@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
+import itertools
 import json
 import os
 import sys
@@ -152,27 +153,37 @@ def flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_lines(split: str, columns: LineFiles) -> Iterator[dict[str, Any]]:
-    """Rows from line-aligned text files, one column (or one list item) per file; every file must have as many
-    lines as the others."""
-    texts: dict[str, list[str] | list[list[str]]] = {}
-    for column, files in columns.items():
-        read = [_lines_of(split, column, f) for f in (files if isinstance(files, list) else [files])]
-        texts[column] = [list(items) for items in zip(*read)] if isinstance(files, list) else read[0]
-    counts = {column: len(values) for column, values in texts.items()}
-    if len(set(counts.values())) > 1:
-        sizes = ", ".join(f"{column} {n}" for column, n in counts.items())
-        raise FinetuneError(f"data.files.{split}: line-aligned files differ in length ({sizes} lines)")
-    for values in zip(*texts.values()):
-        yield dict(zip(texts, values))
+    """Rows from line-aligned text files, one column (or one list item) per file, read together line by line (a
+    parallel corpus need not fit in memory); every file must have as many lines as the others."""
+    files = [
+        (column if not isinstance(paths, list) else f"{column}[{n}]", column, path)
+        for column, paths in columns.items()
+        for n, path in enumerate(paths if isinstance(paths, list) else [paths])
+    ]
+    for _, column, path in files:
+        if not path.is_file():
+            raise FinetuneError(f"data.files.{split}.{column}: file not found: {path}")
+    lines = [_lines_of(split, column, path) for _, column, path in files]
+    for number, values in enumerate(itertools.zip_longest(*lines)):
+        if None in values:  # one file ended: count the others' lines (without holding them) for the message
+            counts = [number + (value is not None) + sum(1 for _ in rest) for value, rest in zip(values, lines)]
+            sizes = ", ".join(f"{name} {n}" for (name, _, _), n in zip(files, counts))
+            raise FinetuneError(f"data.files.{split}: line-aligned files differ in length ({sizes} lines)")
+        row: dict[str, Any] = {}
+        for (name, column, _), value in zip(files, values):
+            if name == column:
+                row[column] = value
+            else:
+                row.setdefault(column, []).append(value)
+        yield row
 
 
-def _lines_of(split: str, column: str, path: Path) -> list[str]:
-    if not path.is_file():
-        raise FinetuneError(f"data.files.{split}.{column}: file not found: {path}")
+def _lines_of(split: str, column: str, path: Path) -> Iterator[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
-            return [line.rstrip("\r\n").strip() for line in handle]
+            for line in handle:
+                yield line.rstrip("\r\n").strip()
     except (UnicodeDecodeError, OSError) as exc:
         raise FinetuneError(f"data.files.{split}.{column}: {path} is not UTF-8 text ({exc})") from None
 

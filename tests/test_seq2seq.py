@@ -265,6 +265,28 @@ def test_line_aligned_files_of_different_lengths_are_one_line(tmp_path, capsys):
     assert "data.files.train: line-aligned files differ in length (en 2, de 1 lines)" in capsys.readouterr().err
 
 
+def test_line_aligned_files_are_read_together_line_by_line(tmp_path):
+    """A parallel corpus is read as it is consumed (a row comes before a later line is even decoded), a list column
+    takes one item per file, and a list's files of different lengths are an error, not a silent cut."""
+    from finetune.recipe.data_section import ReaderSpec
+    from finetune.sources import LocalTables, read_rows
+
+    (tmp_path / "a.en").write_bytes(b"one\ntwo\n" + b"x\n" * 50_000 + b"\xff\n")  # not UTF-8, 100 kB on
+    (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n", encoding="utf-8")
+    (tmp_path / "r1").write_text("1\n2\n3\n", encoding="utf-8")
+    (tmp_path / "r2").write_text("i\nii\n", encoding="utf-8")
+
+    def rows(files: dict) -> object:
+        return read_rows(LocalTables({"train": files}, ReaderSpec(), {}, "data"), "train", "lines")
+
+    read = rows({"en": tmp_path / "a.en", "refs": [tmp_path / "a.de", tmp_path / "r1"]})
+    assert [next(read), next(read)] == [{"en": "one", "refs": ["eins", "1"]}, {"en": "two", "refs": ["zwei", "2"]}]
+    with pytest.raises(FinetuneError, match=r"data.files.train.en: .*a.en is not UTF-8 text"):
+        list(read)
+    with pytest.raises(FinetuneError, match=r"differ in length \(de 3, refs\[0\] 3, refs\[1\] 2 lines\)"):
+        list(rows({"de": tmp_path / "a.de", "refs": [tmp_path / "r1", tmp_path / "r2"]}))
+
+
 @pytest.mark.parametrize("kind", ["tiny_t5", "tiny_llama"])
 def test_lora_adapter_generates_the_same_after_reload(kind, request, tmp_path):
     rows = [{"src": r["sentence"], "tgt": r["corrections"][0]} for r in jfleg_rows(8)]
