@@ -82,20 +82,22 @@ class TextToText(Task):
         orderings = [texts, texts[::-1]] if self.spec.symmetric else [texts]
         return [(ordering[0], source(ordering[1:])) for ordering in orderings]
 
-    def _fit(
+    def _encode(
         self, tokenizer: PreTrainedTokenizerBase, max_length: int, text: str, around: Callable[[str], str]
-    ) -> tuple[str, int | None]:
-        """The source with `text` cut on the side `task.truncate` names so that it fits, and its untruncated token
-        count; the whole source (and None) when it fits or the end is cut, which the tokenizer does."""
+    ) -> tuple[dict[str, list[int]], int]:
+        """One source encoded to fit `max_length`, `text` cut on the side `task.truncate` names (the tokenizer cuts
+        the source's end by default), and the whole source's token count."""
         whole = around(text)
-        if self.spec.truncate == "end" and getattr(self.spec, "truncate_field", None) is None:
-            return whole, None
-        total = len(tokenizer(whole)["input_ids"])
+        encoded = tokenizer(whole, truncation=True, max_length=max_length)
+        total = untruncated_length(tokenizer, [whole], encoded["input_ids"], max_length)
+        if total <= max_length or (self.spec.truncate == "end" and getattr(self.spec, "truncate_field", None) is None):
+            return encoded, total
         tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         keep = len(tokens["input_ids"]) - (total - max_length)
-        if total <= max_length or keep < 1:  # fits, or the rest alone does not: the tokenizer cuts the end
-            return whole, total
-        return around(cut_text(text, tokens["offset_mapping"], keep, self.spec.truncate)), total
+        if keep < 1:  # the rest alone does not fit: the tokenizer cuts the end
+            return encoded, total
+        cut = around(cut_text(text, tokens["offset_mapping"], keep, self.spec.truncate))
+        return tokenizer(cut, truncation=True, max_length=max_length), total
 
     def format(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict[str, list]:
         """Each row: its source(s) as `input_ids` (S sequences), its k targets as `target_ids`, the right one's index.
@@ -108,15 +110,9 @@ class TextToText(Task):
         label_column = self.spec.label.split(".")[0]
         class_targets = None if self.labels is None else self._tokenize_targets(tokenizer, self.class_words, max_length)
         for number, row in enumerate(batch_rows(batch)):
-            sources = [self._fit(tokenizer, max_length, text, around) for text, around in self._parts(row)]
-            encoded = [tokenizer(s, truncation=True, max_length=max_length) for s, _ in sources]
+            encoded, totals = zip(*(self._encode(tokenizer, max_length, t, around) for t, around in self._parts(row)))
             features["input_ids"].append([e["input_ids"] for e in encoded])
-            features[TOTAL_LENGTH].append(
-                [
-                    total or untruncated_length(tokenizer, [s], e["input_ids"], max_length)
-                    for (s, total), e in zip(sources, encoded)
-                ]
-            )
+            features[TOTAL_LENGTH].append(list(totals))
             features["attention_mask"].append([e["attention_mask"] for e in encoded])
             if self.labels is None:  # multiple choice: the row's own candidates
                 texts, _ = self.spec.candidates_of(row)
